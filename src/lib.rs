@@ -1,0 +1,24 @@
+//! qkd-ipsec: a QKD-to-IPsec key feeder for Linux VPN gateways.
+//!
+//! Data flows top to bottom through these layers:
+//!
+//! | module        | owns                                                            |
+//! |---------------|-----------------------------------------------------------------|
+//! | [`qkd`]       | the QKD link stack as pure state machines: simulated optics, sifting, parameter estimation, Cascade, verification, privacy amplification, authentication. No I/O, no tokio. |
+//! | [`keys`]      | per-peer key pools (block IDs, lockstep consumption, persistence). |
+//! | [`rekey`]     | per-tunnel rekey engines (timer, soft expiry, acquire).          |
+//! | [`xfrm`]      | the kernel: SAs, policies and events over netlink, netns-aware. |
+//! | [`peer`]      | the authenticated channel between two agents.                   |
+//! | [`secret`]    | the only types that hold key bytes.                             |
+//! | [`cli`]       | command-line entry points; `main.rs` only calls [`cli::main`].  |
+//!
+//! Rules: only `xfrm` talks to the kernel's XFRM; only `keys` holds pools;
+//! key bytes live only in [`secret`] types.
+
+pub mod cli;
+pub mod keys;
+pub mod peer;
+pub mod qkd;
+pub mod rekey;
+pub mod secret;
+pub mod xfrm;
