@@ -73,7 +73,12 @@ impl<T: Copy + Default + Zeroize> LockedRegion<T> {
                 std::io::Error::last_os_error()
             );
         }
-        Self { ptr, len, layout, locked }
+        Self {
+            ptr,
+            len,
+            layout,
+            locked,
+        }
     }
 
     fn as_slice(&self) -> &[T] {

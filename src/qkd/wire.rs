@@ -147,7 +147,11 @@ impl<'a> WireReader<'a> {
     /// A finite f64 (NaN and infinities are rejected).
     pub fn f64(&mut self, what: &'static str) -> Result<f64, WireError> {
         let v = f64::from_bits(self.u64(what)?);
-        if v.is_finite() { Ok(v) } else { Err(WireError::Invalid(what)) }
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(WireError::Invalid(what))
+        }
     }
 
     /// A length-prefixed byte string of at most `max` bytes.
