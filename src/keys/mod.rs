@@ -55,3 +55,8 @@ pub use pool::{
 };
 pub use range_set::RangeSet;
 pub use store::{POOL_KEY_CREDENTIAL, PoolKey, StoreError};
+
+#[cfg(test)]
+mod persisted_tests;
+#[cfg(test)]
+mod pool_tests;

@@ -149,7 +149,7 @@ mod tests {
         fn matches_a_bitmap(ops in proptest::collection::vec((0u32..200, 0u32..40), 0..40),
                             q in (0u32..240, 0u32..40)) {
             let mut set = RangeSet::new();
-            let mut bits = [false; 256];
+            let mut bits = [false; 300];
             for (s, l) in ops {
                 set.insert(s, s + l);
                 for b in &mut bits[s as usize..(s + l) as usize] { *b = true; }

@@ -217,6 +217,36 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SecretFileError> {
         .map_err(io_err(dir, "create directory"))
 }
 
+/// A directory under the system temp dir, removed on drop (tests only).
+#[cfg(test)]
+pub(crate) struct TestDir(PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "qkd-ipsec-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        ensure_private_dir(&p).expect("create test directory");
+        Self(p)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,7 +311,7 @@ mod tests {
         let big = dir.path().join("big");
         let f = OpenOptions::new()
             .write(true)
-            .create(true)
+            .create_new(true)
             .mode(0o600)
             .open(&big)
             .unwrap();
@@ -315,35 +345,5 @@ mod tests {
             check_attributes(p, true, 7, 0o100660, 7),
             Err(SecretFileError::TooOpen { mode: 0o660, .. })
         ));
-    }
-}
-
-/// A directory under the system temp dir, removed on drop (tests only).
-#[cfg(test)]
-pub(crate) struct TestDir(PathBuf);
-
-#[cfg(test)]
-impl TestDir {
-    pub(crate) fn new(tag: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "qkd-ipsec-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        ensure_private_dir(&p).expect("create test directory");
-        Self(p)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-#[cfg(test)]
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
