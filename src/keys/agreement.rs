@@ -255,8 +255,18 @@ impl KeyPool {
             let available = u64::from(block.len()) - block.consumed.covered();
             let Some(target) = keep.next_if(|t| t.id == id) else {
                 // Dropping the block zeroises its bytes (SecretBytes::drop).
-                discarded_blocks += 1;
-                discarded_bytes += available;
+                // Held by both with the same length, it left only because
+                // the peer had used the rest: consumed, not discarded.
+                let used_up_by_peer = peer
+                    .blocks
+                    .binary_search_by_key(&id, |b| b.id)
+                    .is_ok_and(|i| peer.blocks[i].len == block.len());
+                if used_up_by_peer {
+                    newly_consumed_bytes += available;
+                } else {
+                    discarded_blocks += 1;
+                    discarded_bytes += available;
+                }
                 continue;
             };
             newly_consumed_bytes += zeroise_newly_consumed(&mut block, &target.consumed);

@@ -588,33 +588,3 @@ impl KeyPool {
         }
     }
 }
-
-#[cfg(test)]
-impl KeyPool {
-    /// Every still-available byte, block by block, for comparing two pools
-    /// in tests.
-    pub(super) fn available_bytes(&self) -> SecretBytes {
-        let mut out = SecretBytes::zeroed(self.available() as usize);
-        let mut at = 0;
-        for b in self.blocks.values() {
-            for (s, e) in b.consumed.gaps(0, b.len()) {
-                let n = (e - s) as usize;
-                out.expose_mut()[at..at + n]
-                    .copy_from_slice(&b.data.expose()[s as usize..e as usize]);
-                at += n;
-            }
-        }
-        out
-    }
-
-    /// Whether every consumed byte of every block is zero in memory.
-    pub(super) fn consumed_bytes_are_zero(&self) -> bool {
-        self.blocks.values().all(|b| {
-            b.consumed.ranges().iter().all(|&(s, e)| {
-                b.data.expose()[s as usize..e as usize]
-                    .iter()
-                    .all(|x| *x == 0)
-            })
-        })
-    }
-}
