@@ -15,6 +15,13 @@
 //! This module must not log, format or otherwise reveal the contents. Callers
 //! read and write through [`SecretBytes::expose`] / [`SecretBytes::expose_mut`],
 //! which keeps every place that touches key bytes greppable.
+//!
+//! Secret files (bootstrap secrets, credentials) are read and written by
+//! [`file`]: 0600, refused when others could read them, written atomically.
+
+pub mod file;
+
+pub use file::{SecretFileError, load_secret_file, write_secret_file};
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::fmt;
