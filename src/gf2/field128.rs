@@ -84,7 +84,11 @@ pub fn poly_hash(backend: ClmulBackend, k: Gf128, blocks: impl Iterator<Item = u
 }
 
 #[inline(always)]
-fn horner(clmul: impl Fn(u64, u64) -> u128 + Copy, k: u128, blocks: impl Iterator<Item = u128>) -> u128 {
+fn horner(
+    clmul: impl Fn(u64, u64) -> u128 + Copy,
+    k: u128,
+    blocks: impl Iterator<Item = u128>,
+) -> u128 {
     let mut acc = 0u128;
     for m in blocks {
         let (hi, lo) = clmul128(clmul, acc ^ m, k);
@@ -130,11 +134,20 @@ mod tests {
     #[test]
     fn multiplication_matches_reference_on_every_backend() {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        let mut cases = vec![(0, 0), (1, u128::MAX), (u128::MAX, u128::MAX), (1 << 127, 1 << 127)];
+        let mut cases = vec![
+            (0, 0),
+            (1, u128::MAX),
+            (u128::MAX, u128::MAX),
+            (1 << 127, 1 << 127),
+        ];
         cases.extend((0..1000).map(|_| (random(&mut rng), random(&mut rng))));
         for backend in ClmulBackend::available() {
             for &(a, b) in &cases {
-                assert_eq!(Gf128(a).mul(Gf128(b), backend).0, mul_reference(a, b), "{backend:?}");
+                assert_eq!(
+                    Gf128(a).mul(Gf128(b), backend).0,
+                    mul_reference(a, b),
+                    "{backend:?}"
+                );
             }
         }
     }
@@ -144,10 +157,17 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let be = ClmulBackend::detect();
         for _ in 0..200 {
-            let (a, b, c) = (Gf128(random(&mut rng)), Gf128(random(&mut rng)), Gf128(random(&mut rng)));
+            let (a, b, c) = (
+                Gf128(random(&mut rng)),
+                Gf128(random(&mut rng)),
+                Gf128(random(&mut rng)),
+            );
             assert_eq!(a.mul(b, be), b.mul(a, be));
             assert_eq!(a.mul(b, be).mul(c, be), a.mul(b.mul(c, be), be));
-            assert_eq!(a.mul(Gf128(b.0 ^ c.0), be).0, a.mul(b, be).0 ^ a.mul(c, be).0);
+            assert_eq!(
+                a.mul(Gf128(b.0 ^ c.0), be).0,
+                a.mul(b, be).0 ^ a.mul(c, be).0
+            );
             assert_eq!(a.mul(Gf128::ONE, be), a);
         }
         // a^(2^128) = a in GF(2^128): 128 squarings return to the start.
@@ -174,7 +194,11 @@ mod tests {
             expect ^= mul_reference(*m, pow);
         }
         for backend in ClmulBackend::available() {
-            assert_eq!(poly_hash(backend, k, blocks.iter().copied()).0, expect, "{backend:?}");
+            assert_eq!(
+                poly_hash(backend, k, blocks.iter().copied()).0,
+                expect,
+                "{backend:?}"
+            );
         }
     }
 }

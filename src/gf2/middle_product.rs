@@ -30,21 +30,46 @@
 //! Transposed Karatsuba (Hanrot, Quercia, Zimmermann, "The middle product
 //! algorithm I", AAECC 14, 2004, §3) computes an `N × N` Toeplitz product
 //! with three of size `N/2`, like Karatsuba multiplication, down to a
-//! schoolbook base case of fewer than [`base_max`] words that runs on the
+//! schoolbook base case of at most [`BASE_MAX`] words that runs on the
 //! carry-less multiply instructions. An `m × n` product costs
-//! `⌈n/N⌉·⌈m/N⌉` blocks with `N ≈ min(n, m)/64` words.
+//! `⌈n/N⌉·⌈m/N⌉` blocks with `N` near `min(n, m)/64` words ([`ToeplitzPlan::new`]
+//! picks it with a cost model).
 
 use super::clmul::ClmulBackend;
 
-/// Base-case size (words) below which schoolbook beats another Karatsuba
-/// level. Tuned with `benches/amplify.rs` on an AMD EPYC (Zen 5); the wider
-/// the multiplier, the later Karatsuba pays off.
-pub fn base_max(backend: ClmulBackend) -> usize {
+/// Largest schoolbook base case in words (the x86 kernels' stack buffers
+/// are sized for it).
+pub const BASE_MAX: usize = 64;
+
+/// Words in front of every seed operand handed to a base case. The vector
+/// kernels read up to 7 words before a block's seed window when computing
+/// the last, partial group of outputs (those products only reach outputs
+/// that are discarded), so every seed operand is passed as a slice that
+/// starts `SEED_PAD` readable words early, whatever they contain. This
+/// avoids copying the window into a padded buffer in every base case.
+pub const SEED_PAD: usize = 8;
+
+/// Estimated nanoseconds of one schoolbook base case of `h` words. Measured
+/// on an AMD EPYC (Zen 5) with `benches/amplify.rs`: one PCLMULQDQ or
+/// VPCLMULQDQ instruction ≈ 0.5 ns in these loops, a portable 64-bit product
+/// ≈ 15 ns. The x86 kernels work on groups of 8 (PCLMULQDQ) or 16
+/// (VPCLMULQDQ) outputs, so a partial group costs as much as a full one.
+fn base_cost(backend: ClmulBackend, h: usize) -> f64 {
+    let h_f = h as f64;
     match backend {
-        ClmulBackend::Portable => 16,
-        ClmulBackend::Pclmulqdq => 32,
-        ClmulBackend::Vpclmulqdq => 64,
+        ClmulBackend::Portable => 15.0 * h_f * h_f + 20.0,
+        ClmulBackend::Pclmulqdq => 0.5 * (8 * h * h.div_ceil(8)) as f64 + 0.5 * h_f + 20.0,
+        ClmulBackend::Vpclmulqdq => 0.5 * (4 * h * h.div_ceil(16)) as f64 + 0.5 * h_f + 20.0,
     }
+}
+
+/// Estimated nanoseconds of one `N × N` block with `levels` Karatsuba levels
+/// above base cases of `h` words: 3^levels base cases plus about 3.5 word
+/// XORs per word of every internal node (≈ 0.17 ns each).
+fn block_cost(backend: ClmulBackend, h: usize, levels: u32) -> f64 {
+    let n = (h << levels) as f64;
+    let xor_words: f64 = (0..levels).map(|l| 3.5 * n * 1.5f64.powi(l as i32)).sum();
+    3f64.powi(levels as i32) * base_cost(backend, h) + 0.17 * xor_words
 }
 
 /// Sizes of one `m × n` Toeplitz product (all in 64-bit words).
@@ -56,8 +81,10 @@ pub struct ToeplitzPlan {
     key_words: usize,
     /// Output words, `⌈m/64⌉`.
     out_words: usize,
-    /// Block size `N`.
+    /// Block size `N = base · 2^levels`.
     block: usize,
+    /// Karatsuba levels above the base case.
+    levels: u32,
     /// Block rows × columns.
     rows: usize,
     cols: usize,
@@ -66,31 +93,42 @@ pub struct ToeplitzPlan {
 
 impl ToeplitzPlan {
     /// Plans `y = T·x` for `n` input and `m` output bits (both ≥ 1).
+    ///
+    /// The `(M + 1) × Q` word matrix (`M`, `Q` output and key words) is
+    /// covered by square blocks of `N = base · 2^levels` words; the plan
+    /// takes the `(base, levels)` with the lowest estimated cost, which
+    /// weighs Karatsuba's savings against padding of the last block row and
+    /// column and against partial vector groups in the base case.
     pub fn new(n_bits: usize, m_bits: usize, backend: ClmulBackend) -> Self {
         assert!(n_bits >= 1 && m_bits >= 1, "empty Toeplitz product");
         let key_words = n_bits.div_ceil(64);
         let out_words = m_bits.div_ceil(64);
         // One extra row: output word v needs r_v and r_{v+1}.
         let r_rows = out_words + 1;
-        let short = r_rows.min(key_words);
-        let limit = base_max(backend);
-        let block = if short <= limit {
-            short
-        } else {
-            // N = base · 2^k with base ≤ limit, as small as possible above
-            // `short`, so that padding wastes less than 2^k words.
-            let mut k = 0;
-            while short.div_ceil(1 << k) > limit {
-                k += 1;
+        let longest = r_rows.max(key_words);
+        let mut best: Option<(f64, usize, u32)> = None;
+        for levels in 0..usize::BITS {
+            if (1usize << levels) > longest {
+                break;
             }
-            short.div_ceil(1 << k) << k
-        };
+            for base in 1..=BASE_MAX {
+                let block = base << levels;
+                let blocks = (r_rows.div_ceil(block) * key_words.div_ceil(block)) as f64;
+                let cost = blocks * block_cost(backend, base, levels);
+                if best.is_none_or(|(c, _, _)| cost < c) {
+                    best = Some((cost, base, levels));
+                }
+            }
+        }
+        let (_, base, levels) = best.expect("at least one candidate");
+        let block = base << levels;
         Self {
             n_bits,
             m_bits,
             key_words,
             out_words,
             block,
+            levels,
             rows: r_rows.div_ceil(block),
             cols: key_words.div_ceil(block),
             backend,
@@ -103,7 +141,7 @@ impl ToeplitzPlan {
         let padded_key = self.cols * self.block;
         let folded = self.rows * self.block + 1;
         let block_out = self.block + 1;
-        padded_key + folded + block_out + recursion_scratch(self.block, base_max(self.backend))
+        padded_key + folded + block_out + recursion_scratch(self.block, self.levels)
     }
 
     /// Number of square blocks (for cost estimates).
@@ -124,13 +162,13 @@ impl ToeplitzPlan {
 
         let padded_rows = self.rows * nb;
         let padded_cols = self.cols * nb;
-        // R[i] = seed window at 64·(Mp−2−i) + n − 1 (see the module docs).
-        let windows: Vec<u64> = (0..padded_rows + padded_cols - 1)
-            .map(|i| {
-                let start = 64 * (padded_rows as i64 - 2 - i as i64) + n as i64 - 1;
-                bit_window(seed, n + m - 1, start)
-            })
-            .collect();
+        // R[i] = seed window at 64·(Mp−2−i) + n − 1 (see the module docs),
+        // behind SEED_PAD zero words.
+        let mut windows = vec![0u64; SEED_PAD];
+        windows.extend((0..padded_rows + padded_cols - 1).map(|i| {
+            let start = 64 * (padded_rows as i64 - 2 - i as i64) + n as i64 - 1;
+            bit_window(seed, n + m - 1, start)
+        }));
 
         let (padded_key, rest) = scratch.split_at_mut(padded_cols);
         let (folded, rest) = rest.split_at_mut(padded_rows + 1);
@@ -144,19 +182,19 @@ impl ToeplitzPlan {
         }
         folded.fill(0);
 
-        let base = base_kernel(self.backend);
+        let kernels = kernels(self.backend);
         for row in 0..self.rows {
             for col in 0..self.cols {
                 let offset = nb * (self.rows - 1 - row + col);
                 middle_product(
-                    base,
-                    base_max(self.backend),
-                    &windows[offset..offset + 2 * nb - 1],
+                    kernels,
+                    self.levels,
+                    &windows[offset..offset + SEED_PAD + 2 * nb - 1],
                     &padded_key[col * nb..(col + 1) * nb],
                     block_out,
                     rest,
                 );
-                xor_into(&mut folded[row * nb..row * nb + nb + 1], block_out);
+                (kernels.xor_into)(&mut folded[row * nb..row * nb + nb + 1], block_out);
             }
         }
         out.copy_from_slice(&folded[1..=self.out_words]);
@@ -188,22 +226,24 @@ fn bit_window(bits: &[u64], len: usize, start: i64) -> u64 {
 }
 
 /// Scratch words the recursion needs for a block of `n` words.
-fn recursion_scratch(n: usize, base_max: usize) -> usize {
-    if n <= base_max || n % 2 == 1 {
+fn recursion_scratch(n: usize, levels: u32) -> usize {
+    if levels == 0 {
         0
     } else {
         let h = n / 2;
-        (2 * h - 1) + h + (h + 1) + recursion_scratch(h, base_max)
+        (SEED_PAD + 2 * h - 1) + h + (h + 1) + recursion_scratch(h, levels - 1)
     }
 }
 
-fn xor_into(dst: &mut [u64], src: &[u64]) {
+#[inline]
+pub(crate) fn xor_into(dst: &mut [u64], src: &[u64]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d ^= s;
     }
 }
 
-fn xor_to(dst: &mut [u64], a: &[u64], b: &[u64]) {
+#[inline]
+pub(crate) fn xor_to(dst: &mut [u64], a: &[u64], b: &[u64]) {
     for ((d, x), y) in dst.iter_mut().zip(a).zip(b) {
         *d = x ^ y;
     }
@@ -211,27 +251,50 @@ fn xor_to(dst: &mut [u64], a: &[u64], b: &[u64]) {
 
 /// Schoolbook block: `r_u = ⊕_{j<h} ar[h−1−u+j] ⊗ b[j]` for `u < h`, folded
 /// into `out[u] = lo(r_u) ⊕ hi(r_{u−1})` (`h + 1` words, overwritten).
-type BaseKernel = fn(&[u64], &[u64], &mut [u64]);
+/// The first argument is `ar` preceded by [`SEED_PAD`] words
+/// (`SEED_PAD + 2h − 1` in all).
+pub(crate) type BaseKernel = fn(&[u64], &[u64], &mut [u64]);
 
-fn base_kernel(backend: ClmulBackend) -> BaseKernel {
+/// The routines one backend runs: the base case, and the word XORs of the
+/// Karatsuba levels (compiled for wider registers where the CPU has them).
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels {
+    base: BaseKernel,
+    xor_to: fn(&mut [u64], &[u64], &[u64]),
+    xor_into: fn(&mut [u64], &[u64]),
+}
+
+fn kernels(backend: ClmulBackend) -> Kernels {
     match backend {
         #[cfg(target_arch = "x86_64")]
-        ClmulBackend::Pclmulqdq => x86::base_pclmul_checked,
+        ClmulBackend::Pclmulqdq => Kernels {
+            base: super::base_x86::base_pclmul_checked,
+            xor_to,
+            xor_into,
+        },
         #[cfg(target_arch = "x86_64")]
-        ClmulBackend::Vpclmulqdq => x86::base_vpclmul_checked,
-        _ => base_portable,
+        ClmulBackend::Vpclmulqdq => Kernels {
+            base: super::base_x86::base_vpclmul_checked,
+            xor_to: super::base_x86::xor_to_avx512,
+            xor_into: super::base_x86::xor_into_avx512,
+        },
+        _ => Kernels {
+            base: base_portable,
+            xor_to,
+            xor_into,
+        },
     }
 }
 
-fn base_portable(ar: &[u64], b: &[u64], out: &mut [u64]) {
+pub(crate) fn base_portable(padded_ar: &[u64], b: &[u64], out: &mut [u64]) {
+    let ar = &padded_ar[SEED_PAD..];
     let h = b.len();
     let mut carry = 0u64;
     for u in 0..h {
         let window = &ar[h - 1 - u..2 * h - 1 - u];
-        let acc = window
-            .iter()
-            .zip(b)
-            .fold(0u128, |acc, (&a, &b)| acc ^ super::clmul::clmul_portable(a, b));
+        let acc = window.iter().zip(b).fold(0u128, |acc, (&a, &b)| {
+            acc ^ super::clmul::clmul_portable(a, b)
+        });
         out[u] = acc as u64 ^ carry;
         carry = (acc >> 64) as u64;
     }
@@ -239,7 +302,9 @@ fn base_portable(ar: &[u64], b: &[u64], out: &mut [u64]) {
 }
 
 /// The `N × N` Toeplitz product `r_u = ⊕_{j<N} ar[N−1−u+j] ⊗ b[j]`, folded
-/// into `out` (`N + 1` words, overwritten). `ar` has `2N − 1` words.
+/// into `out` (`N + 1` words, overwritten). `padded_ar` is `ar` (`2N − 1`
+/// words) preceded by [`SEED_PAD`] readable words; `N` must be divisible by
+/// `2^levels`, and `scratch` hold `recursion_scratch(N, levels)` words.
 ///
 /// Splitting N = 2h, the matrix is `[[T_h, T_2h], [T_0, T_h]]` where `T_o`
 /// is the h × h Toeplitz block on `ar[o .. o+2h−1]`. With
@@ -247,148 +312,46 @@ fn base_portable(ar: &[u64], b: &[u64], out: &mut [u64]) {
 /// the top half is P1 + P2 and the bottom half P1 + P3 (over GF(2), − = +).
 /// Three half-size products instead of four; adding two `T` blocks costs
 /// only `2h − 1` word XORs because they are Toeplitz.
-pub fn middle_product(
-    base: BaseKernel,
-    base_max: usize,
-    ar: &[u64],
+pub(crate) fn middle_product(
+    k: Kernels,
+    levels: u32,
+    padded_ar: &[u64],
     b: &[u64],
     out: &mut [u64],
     scratch: &mut [u64],
 ) {
     let n = b.len();
-    debug_assert_eq!(ar.len(), 2 * n - 1);
+    debug_assert_eq!(padded_ar.len(), SEED_PAD + 2 * n - 1);
     debug_assert_eq!(out.len(), n + 1);
-    if n <= base_max || n % 2 == 1 {
-        base(ar, b, out);
+    if levels == 0 {
+        (k.base)(padded_ar, b, out);
         return;
     }
+    assert!(n % 2 == 0, "Karatsuba level on an odd block");
     let h = n / 2;
-    let (seed_sum, rest) = scratch.split_at_mut(2 * h - 1);
+    // The sum's own SEED_PAD words are left as they are: only discarded
+    // outputs read them.
+    let (seed_sum, rest) = scratch.split_at_mut(SEED_PAD + 2 * h - 1);
     let (key_sum, rest) = rest.split_at_mut(h);
     let (shared, rest) = rest.split_at_mut(h + 1);
     let (b_lo, b_hi) = b.split_at(h);
-    let t = |o: usize| &ar[o..o + 2 * h - 1];
+    // T_o with its SEED_PAD words in front: ar[o − SEED_PAD .. o + 2h − 1].
+    let t = |o: usize| &padded_ar[o..o + SEED_PAD + 2 * h - 1];
+    let unpadded = |o: usize| &padded_ar[SEED_PAD + o..SEED_PAD + o + 2 * h - 1];
 
     // P2 → top half.
-    xor_to(seed_sum, t(2 * h), t(h));
-    middle_product(base, base_max, seed_sum, b_hi, &mut out[..=h], rest);
+    (k.xor_to)(&mut seed_sum[SEED_PAD..], unpadded(2 * h), unpadded(h));
+    middle_product(k, levels - 1, seed_sum, b_hi, &mut out[..=h], rest);
     // P3 → bottom half; out[h] belongs to both halves.
     let overlap = out[h];
-    xor_to(seed_sum, t(0), t(h));
-    middle_product(base, base_max, seed_sum, b_lo, &mut out[h..], rest);
+    (k.xor_to)(&mut seed_sum[SEED_PAD..], unpadded(0), unpadded(h));
+    middle_product(k, levels - 1, seed_sum, b_lo, &mut out[h..], rest);
     out[h] ^= overlap;
     // P1 → both halves.
-    xor_to(key_sum, b_lo, b_hi);
-    middle_product(base, base_max, t(h), key_sum, shared, rest);
-    xor_into(&mut out[..=h], shared);
-    xor_into(&mut out[h..], shared);
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    pub fn base_pclmul_checked(ar: &[u64], b: &[u64], out: &mut [u64]) {
-        let h = b.len();
-        assert!(ar.len() == 2 * h - 1 && out.len() == h + 1);
-        // SAFETY: lengths checked above; this kernel is only selected for
-        // `ClmulBackend::Pclmulqdq`, which `available()` offers only when the
-        // CPU has PCLMULQDQ.
-        unsafe { base_pclmul(ar, b, out) }
-    }
-
-    pub fn base_vpclmul_checked(ar: &[u64], b: &[u64], out: &mut [u64]) {
-        let h = b.len();
-        assert!(ar.len() == 2 * h - 1 && out.len() == h + 1);
-        // SAFETY: as above, for VPCLMULQDQ + AVX-512F.
-        unsafe { base_vpclmul(ar, b, out) }
-    }
-
-    #[target_feature(enable = "pclmulqdq")]
-    unsafe fn base_pclmul(ar: &[u64], b: &[u64], out: &mut [u64]) {
-        let h = b.len();
-        let pairs = h / 2;
-        let mut carry = 0u64;
-        for u in 0..h {
-            let w = &ar[h - 1 - u..2 * h - 1 - u];
-            let mut even = _mm_setzero_si128();
-            let mut odd = _mm_setzero_si128();
-            for p in 0..pairs {
-                // SAFETY: 2p + 1 < h = w.len() = b.len().
-                let (x, y) = unsafe {
-                    (
-                        _mm_loadu_si128(w.as_ptr().add(2 * p).cast()),
-                        _mm_loadu_si128(b.as_ptr().add(2 * p).cast()),
-                    )
-                };
-                even = _mm_xor_si128(even, _mm_clmulepi64_si128(x, y, 0x00));
-                odd = _mm_xor_si128(odd, _mm_clmulepi64_si128(x, y, 0x11));
-            }
-            if h % 2 == 1 {
-                let x = _mm_cvtsi64_si128(w[h - 1] as i64);
-                let y = _mm_cvtsi64_si128(b[h - 1] as i64);
-                even = _mm_xor_si128(even, _mm_clmulepi64_si128(x, y, 0x00));
-            }
-            // SAFETY: plain 16-byte reinterpretation (little endian).
-            let acc: u128 = unsafe { std::mem::transmute(_mm_xor_si128(even, odd)) };
-            out[u] = acc as u64 ^ carry;
-            carry = (acc >> 64) as u64;
-        }
-        out[h] = carry;
-    }
-
-    #[target_feature(enable = "avx512f,vpclmulqdq,pclmulqdq")]
-    unsafe fn base_vpclmul(ar: &[u64], b: &[u64], out: &mut [u64]) {
-        let h = b.len();
-        let full = h / 8;
-        let tail = h % 8;
-        let tail_mask: __mmask8 = ((1u16 << tail) - 1) as u8;
-        let mut carry = 0u64;
-        for u in 0..h {
-            let w = &ar[h - 1 - u..2 * h - 1 - u];
-            let mut even = _mm512_setzero_si512();
-            let mut odd = _mm512_setzero_si512();
-            for c in 0..full {
-                // SAFETY: 8c + 7 < h = w.len() = b.len().
-                let (x, y) = unsafe {
-                    (
-                        _mm512_loadu_si512(w.as_ptr().add(8 * c).cast()),
-                        _mm512_loadu_si512(b.as_ptr().add(8 * c).cast()),
-                    )
-                };
-                even = _mm512_xor_si512(even, _mm512_clmulepi64_epi128(x, y, 0x00));
-                odd = _mm512_xor_si512(odd, _mm512_clmulepi64_epi128(x, y, 0x11));
-            }
-            if tail != 0 {
-                // SAFETY: the mask limits the loads to the `tail` words that
-                // remain in both slices; masked-off lanes are not accessed.
-                let (x, y) = unsafe {
-                    (
-                        _mm512_maskz_loadu_epi64(tail_mask, w.as_ptr().add(8 * full).cast()),
-                        _mm512_maskz_loadu_epi64(tail_mask, b.as_ptr().add(8 * full).cast()),
-                    )
-                };
-                even = _mm512_xor_si512(even, _mm512_clmulepi64_epi128(x, y, 0x00));
-                odd = _mm512_xor_si512(odd, _mm512_clmulepi64_epi128(x, y, 0x11));
-            }
-            let acc = _mm512_xor_si512(even, odd);
-            let quarters = _mm_xor_si128(
-                _mm_xor_si128(
-                    _mm512_extracti32x4_epi32::<0>(acc),
-                    _mm512_extracti32x4_epi32::<1>(acc),
-                ),
-                _mm_xor_si128(
-                    _mm512_extracti32x4_epi32::<2>(acc),
-                    _mm512_extracti32x4_epi32::<3>(acc),
-                ),
-            );
-            // SAFETY: plain 16-byte reinterpretation (little endian).
-            let acc: u128 = unsafe { std::mem::transmute(quarters) };
-            out[u] = acc as u64 ^ carry;
-            carry = (acc >> 64) as u64;
-        }
-        out[h] = carry;
-    }
+    (k.xor_to)(key_sum, b_lo, b_hi);
+    middle_product(k, levels - 1, t(h), key_sum, shared, rest);
+    (k.xor_into)(&mut out[..=h], shared);
+    (k.xor_into)(&mut out[h..], shared);
 }
 
 #[cfg(test)]
@@ -399,6 +362,13 @@ mod tests {
 
     fn random_words(rng: &mut ChaCha8Rng, n: usize) -> Vec<u64> {
         (0..n).map(|_| rng.next_u64()).collect()
+    }
+
+    /// `ar` behind SEED_PAD random words: the result must not depend on them.
+    fn padded(rng: &mut ChaCha8Rng, ar: &[u64]) -> Vec<u64> {
+        let mut v = random_words(rng, SEED_PAD);
+        v.extend_from_slice(ar);
+        v
     }
 
     /// The block product by definition, one 64 × 64 product per entry.
@@ -419,16 +389,52 @@ mod tests {
     fn karatsuba_blocks_match_definition_on_every_backend() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         for backend in ClmulBackend::available() {
-            let kernel = base_kernel(backend);
+            let kernel = kernels(backend);
             // Sizes that hit the base case directly, odd splits, and several
             // Karatsuba levels with small thresholds.
-            for (n, limit) in [(1, 4), (7, 4), (9, 16), (16, 4), (24, 2), (40, 5), (96, 3), (128, 8)] {
+            for (n, levels) in [
+                (1, 0),
+                (7, 0),
+                (9, 0),
+                (16, 2),
+                (24, 3),
+                (40, 3),
+                (96, 5),
+                (128, 4),
+                (192, 2),
+            ] {
                 let ar = random_words(&mut rng, 2 * n - 1);
                 let b = random_words(&mut rng, n);
                 let mut out = vec![0u64; n + 1];
-                let mut scratch = vec![0u64; recursion_scratch(n, limit)];
-                middle_product(kernel, limit, &ar, &b, &mut out, &mut scratch);
-                assert_eq!(out, middle_product_reference(&ar, &b), "{backend:?} n={n} limit={limit}");
+                let mut scratch = vec![0u64; recursion_scratch(n, levels)];
+                middle_product(
+                    kernel,
+                    levels,
+                    &padded(&mut rng, &ar),
+                    &b,
+                    &mut out,
+                    &mut scratch,
+                );
+                assert_eq!(
+                    out,
+                    middle_product_reference(&ar, &b),
+                    "{backend:?} n={n} levels={levels}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_base_case_size_matches_definition() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        for backend in ClmulBackend::available() {
+            let kernel = kernels(backend);
+            for h in 1..=64 {
+                let ar = random_words(&mut rng, 2 * h - 1);
+                let b = random_words(&mut rng, h);
+                let mut out = vec![0u64; h + 1];
+                (kernel.base)(&padded(&mut rng, &ar), &b, &mut out);
+                assert_eq!(out, middle_product_reference(&ar, &b), "{backend:?} h={h}");
             }
         }
     }

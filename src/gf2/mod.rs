@@ -8,6 +8,8 @@
 //! x86_64 PCLMULQDQ / VPCLMULQDQ are used when the CPU has them (detected at
 //! run time); a constant-time portable product works everywhere else.
 
+#[cfg(target_arch = "x86_64")]
+mod base_x86;
 pub mod clmul;
 pub mod field128;
 pub mod middle_product;

@@ -51,12 +51,18 @@ pub enum AmplifyError {
     )]
     OutputLength { input_bits: u64, output_bits: u64 },
     #[error("the key has {key_bits} bits but the seed was drawn for {seed_input_bits}")]
-    KeyLength { key_bits: usize, seed_input_bits: usize },
+    KeyLength {
+        key_bits: usize,
+        seed_input_bits: usize,
+    },
     #[error(
         "Alice's seed produces {seed_output_bits} bits but this side computed \
          {expected_output_bits}: the two parameter estimates disagree"
     )]
-    OutputMismatch { seed_output_bits: usize, expected_output_bits: usize },
+    OutputMismatch {
+        seed_output_bits: usize,
+        expected_output_bits: usize,
+    },
     #[error("seed has {got} bits, expected n + m - 1 = {expected}")]
     SeedLength { got: u64, expected: u64 },
     #[error("seed message kind {0:#04x} is not a Toeplitz seed")]
@@ -77,13 +83,20 @@ pub struct ToeplitzSeed {
 
 impl std::fmt::Debug for ToeplitzSeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ToeplitzSeed({} -> {} bits)", self.input_bits, self.output_bits)
+        write!(
+            f,
+            "ToeplitzSeed({} -> {} bits)",
+            self.input_bits, self.output_bits
+        )
     }
 }
 
 fn check_lengths(input_bits: u64, output_bits: u64) -> Result<(), AmplifyError> {
     if output_bits == 0 || output_bits > input_bits {
-        return Err(AmplifyError::OutputLength { input_bits, output_bits });
+        return Err(AmplifyError::OutputLength {
+            input_bits,
+            output_bits,
+        });
     }
     Ok(())
 }
@@ -97,9 +110,15 @@ impl ToeplitzSeed {
     ) -> Result<Self, AmplifyError> {
         check_lengths(input_bits as u64, output_bits as u64)?;
         let seed_bits = input_bits + output_bits - 1;
-        let mut words: Vec<u64> = (0..seed_bits.div_ceil(64)).map(|_| rng.next_u64()).collect();
+        let mut words: Vec<u64> = (0..seed_bits.div_ceil(64))
+            .map(|_| rng.next_u64())
+            .collect();
         clear_tail(&mut words, seed_bits);
-        Ok(Self { input_bits, output_bits, words })
+        Ok(Self {
+            input_bits,
+            output_bits,
+            words,
+        })
     }
 
     /// A seed from given bits (tests, benches, known-answer vectors).
@@ -118,7 +137,11 @@ impl ToeplitzSeed {
             });
         }
         clear_tail(&mut words, seed_bits);
-        Ok(Self { input_bits, output_bits, words })
+        Ok(Self {
+            input_bits,
+            output_bits,
+            words,
+        })
     }
 
     pub fn input_bits(&self) -> usize {
@@ -166,15 +189,27 @@ impl ToeplitzSeed {
         let n = r.u64("input bits")?;
         let m = r.u64("output bits")?;
         if n > max_input_bits {
-            return Err(WireError::TooLong { what: "input bits", len: n, max: max_input_bits }.into());
+            return Err(WireError::TooLong {
+                what: "input bits",
+                len: n,
+                max: max_input_bits,
+            }
+            .into());
         }
         check_lengths(n, m)?;
         let (seed_bits, words) = r.bits("seed", n + m - 1)?;
         if seed_bits != n + m - 1 {
-            return Err(AmplifyError::SeedLength { got: seed_bits, expected: n + m - 1 });
+            return Err(AmplifyError::SeedLength {
+                got: seed_bits,
+                expected: n + m - 1,
+            });
         }
         r.finish()?;
-        Ok(Self { input_bits: n as usize, output_bits: m as usize, words })
+        Ok(Self {
+            input_bits: n as usize,
+            output_bits: m as usize,
+            words,
+        })
     }
 }
 
@@ -199,14 +234,22 @@ pub fn toeplitz_hash_with(
     key: &SecretWords,
 ) -> Result<SecretWords, AmplifyError> {
     if key.bits() != seed.input_bits {
-        return Err(AmplifyError::KeyLength { key_bits: key.bits(), seed_input_bits: seed.input_bits });
+        return Err(AmplifyError::KeyLength {
+            key_bits: key.bits(),
+            seed_input_bits: seed.input_bits,
+        });
     }
     let plan = ToeplitzPlan::new(seed.input_bits, seed.output_bits, backend);
     // The scratch holds the padded key and partial products: key-derived,
     // so it lives (and is zeroised) in a secret type.
     let mut scratch = SecretWords::zeroed(plan.scratch_words() * 64);
     let mut out = SecretWords::zeroed(seed.output_bits);
-    plan.multiply(&seed.words, key.expose(), out.expose_mut(), scratch.expose_mut());
+    plan.multiply(
+        &seed.words,
+        key.expose(),
+        out.expose_mut(),
+        scratch.expose_mut(),
+    );
     Ok(out)
 }
 
@@ -283,7 +326,11 @@ mod tests {
             let mut acc = 0u64;
             for (w, xw) in x.iter().enumerate() {
                 let lo = reversed[w0 + w] >> sh;
-                let hi = if sh == 0 { 0 } else { reversed.get(w0 + w + 1).map_or(0, |v| v << (64 - sh)) };
+                let hi = if sh == 0 {
+                    0
+                } else {
+                    reversed.get(w0 + w + 1).map_or(0, |v| v << (64 - sh))
+                };
                 acc ^= (lo | hi) & xw;
             }
             // Row bits past n meet key bits past n, which are zero.
@@ -298,7 +345,11 @@ mod tests {
         let seed = ToeplitzSeed::random(n, m, &mut rng).unwrap();
         let expect = oracle_rows(&seed, &key);
         if bitwise {
-            assert_eq!(expect, oracle_bitwise(&seed, &key), "oracles disagree n={n} m={m}");
+            assert_eq!(
+                expect,
+                oracle_bitwise(&seed, &key),
+                "oracles disagree n={n} m={m}"
+            );
         }
         for backend in ClmulBackend::available() {
             let got = toeplitz_hash_with(backend, &seed, &key).unwrap();
@@ -377,11 +428,23 @@ mod tests {
         assert_eq!(received, seed);
         let bob_out = bob_amplify(&bob_key, 1234, &received).unwrap();
         assert!(alice_out.ct_eq(&bob_out));
-        assert!(matches!(bob_amplify(&bob_key, 1233, &received), Err(AmplifyError::OutputMismatch { .. })));
+        assert!(matches!(
+            bob_amplify(&bob_key, 1233, &received),
+            Err(AmplifyError::OutputMismatch { .. })
+        ));
         let short = random_key(&mut rng, 4999);
-        assert!(matches!(bob_amplify(&short, 1234, &received), Err(AmplifyError::KeyLength { .. })));
-        assert!(matches!(alice_amplify(&key, 0, &mut rng), Err(AmplifyError::OutputLength { .. })));
-        assert!(matches!(alice_amplify(&key, 5001, &mut rng), Err(AmplifyError::OutputLength { .. })));
+        assert!(matches!(
+            bob_amplify(&short, 1234, &received),
+            Err(AmplifyError::KeyLength { .. })
+        ));
+        assert!(matches!(
+            alice_amplify(&key, 0, &mut rng),
+            Err(AmplifyError::OutputLength { .. })
+        ));
+        assert!(matches!(
+            alice_amplify(&key, 5001, &mut rng),
+            Err(AmplifyError::OutputLength { .. })
+        ));
     }
 
     #[test]
@@ -398,17 +461,41 @@ mod tests {
             w.u8(SEED_MESSAGE_KIND).u64(n).u64(m).u64(seed_bits);
             w.finish()
         };
-        assert!(matches!(decode(&header(100, 0, 99)), Err(AmplifyError::OutputLength { .. })));
-        assert!(matches!(decode(&header(100, 101, 200)), Err(AmplifyError::OutputLength { .. })));
-        assert!(matches!(decode(&header(u64::MAX, 1, 0)), Err(AmplifyError::Wire(WireError::TooLong { .. }))));
+        assert!(matches!(
+            decode(&header(100, 0, 99)),
+            Err(AmplifyError::OutputLength { .. })
+        ));
+        assert!(matches!(
+            decode(&header(100, 101, 200)),
+            Err(AmplifyError::OutputLength { .. })
+        ));
+        assert!(matches!(
+            decode(&header(u64::MAX, 1, 0)),
+            Err(AmplifyError::Wire(WireError::TooLong { .. }))
+        ));
         let mut short_seed = header(100, 40, 138);
         short_seed.extend_from_slice(&[0u8; 24]);
-        assert_eq!(decode(&short_seed), Err(AmplifyError::SeedLength { got: 138, expected: 139 }));
-        assert!(matches!(decode(&header(100, 40, 139)), Err(AmplifyError::Wire(WireError::Truncated(_)))));
-        assert!(matches!(decode(&good[..good.len() - 1]), Err(AmplifyError::Wire(WireError::Truncated(_)))));
+        assert_eq!(
+            decode(&short_seed),
+            Err(AmplifyError::SeedLength {
+                got: 138,
+                expected: 139
+            })
+        );
+        assert!(matches!(
+            decode(&header(100, 40, 139)),
+            Err(AmplifyError::Wire(WireError::Truncated(_)))
+        ));
+        assert!(matches!(
+            decode(&good[..good.len() - 1]),
+            Err(AmplifyError::Wire(WireError::Truncated(_)))
+        ));
         let mut long = good.clone();
         long.push(0);
-        assert!(matches!(decode(&long), Err(AmplifyError::Wire(WireError::Trailing(1)))));
+        assert!(matches!(
+            decode(&long),
+            Err(AmplifyError::Wire(WireError::Trailing(1)))
+        ));
         // Every truncation fails cleanly, none panics.
         for cut in 0..good.len() {
             assert!(decode(&good[..cut]).is_err());
