@@ -327,7 +327,7 @@ pub(crate) fn middle_product(
         (k.base)(padded_ar, b, out);
         return;
     }
-    assert!(n % 2 == 0, "Karatsuba level on an odd block");
+    assert!(n.is_multiple_of(2), "Karatsuba level on an odd block");
     let h = n / 2;
     // The sum's own SEED_PAD words are left as they are: only discarded
     // outputs read them.
@@ -444,7 +444,7 @@ mod tests {
         let bits = [u64::MAX, 0b1011];
         assert_eq!(bit_window(&bits, 68, 0), u64::MAX);
         assert_eq!(bit_window(&bits, 68, -4), u64::MAX << 4);
-        assert_eq!(bit_window(&bits, 68, 62), 0b1011_11);
+        assert_eq!(bit_window(&bits, 68, 62), 0b10_1111);
         assert_eq!(bit_window(&bits, 66, 62), 0b11_11);
         assert_eq!(bit_window(&bits, 68, 200), 0);
         assert_eq!(bit_window(&bits, 68, 4), (u64::MAX >> 4) | (0b1011 << 60));

@@ -214,10 +214,8 @@ impl ToeplitzSeed {
 }
 
 fn clear_tail(words: &mut [u64], bits: usize) {
-    if bits % 64 != 0 {
-        if let Some(last) = words.last_mut() {
-            *last &= (1u64 << (bits % 64)) - 1;
-        }
+    if let (false, Some(last)) = (bits.is_multiple_of(64), words.last_mut()) {
+        *last &= (1u64 << (bits % 64)) - 1;
     }
 }
 
