@@ -180,6 +180,12 @@ mod tests {
     }
 
     #[test]
+    fn debug_is_redacted() {
+        let shown = format!("{:?}", Gf128(0xA5A5_A5A5_A5A5_A5A5_A5A5_A5A5_A5A5_A5A5));
+        assert_eq!(shown, "Gf128(<redacted>)");
+    }
+
+    #[test]
     fn poly_hash_is_horner_on_every_backend() {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let k = Gf128(random(&mut rng));
