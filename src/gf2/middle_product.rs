@@ -16,7 +16,8 @@
 //!
 //! # Word level
 //!
-//! Let `b_j` be the key words and `r_u` the 128-bit sums
+//! Let `b_j` be the key words and, for `u < M` (`M ≥ ⌈m/64⌉ + 1` rows,
+//! padded to whole blocks), `r_u` the 128-bit sums
 //! `r_u = ⊕_j R[M−1−u+j] ⊗ b_j` (⊗ = carry-less 64 × 64 product), where
 //! `R[i]` is the 64-bit window of seed bits starting at
 //! `64·(M−2−i) + n − 1` (bits outside the seed read as 0). Expanding the
@@ -37,8 +38,7 @@
 
 use super::clmul::ClmulBackend;
 
-/// Largest schoolbook base case in words (the x86 kernels' stack buffers
-/// are sized for it).
+/// Largest schoolbook base case (words) the plan considers.
 pub const BASE_MAX: usize = 64;
 
 /// Words in front of every seed operand handed to a base case. The vector
@@ -50,7 +50,7 @@ pub const BASE_MAX: usize = 64;
 pub const SEED_PAD: usize = 8;
 
 /// Estimated nanoseconds of one schoolbook base case of `h` words. Measured
-/// on an AMD EPYC (Zen 5) with `benches/amplify.rs`: one PCLMULQDQ or
+/// (CPU time, profiled) on an AMD EPYC (Zen 5): one PCLMULQDQ or
 /// VPCLMULQDQ instruction ≈ 0.5 ns in these loops, a portable 64-bit product
 /// ≈ 15 ns. The x86 kernels work on groups of 8 (PCLMULQDQ) or 16
 /// (VPCLMULQDQ) outputs, so a partial group costs as much as a full one.
