@@ -30,10 +30,11 @@
 //! Only those `m` middle coefficients are computed, with transposed
 //! Karatsuba over 64-bit words and carry-less multiply instructions
 //! ([`crate::gf2::middle_product`]), about `O(n · m^0.585)` word operations.
-//! A prime-field NTT was the alternative: a probe (plain scalar radix-2, p =
-//! 998244353, length 2^21) took ~280 ms at n = 10^6 against ~3 ms here, and
-//! even a vectorised NTT would need one word per key bit (sums up to n must
-//! not wrap), so carry-less arithmetic, which packs 64 bits per word, wins.
+//! A prime-field NTT was the alternative: a throwaway probe (not kept;
+//! plain scalar radix-2, p = 998244353, length 2^21) took ~280 ms at
+//! n = 10^6 against ~3 ms here, and even a vectorised NTT needs one field
+//! element per key bit (sums up to n must not wrap), so carry-less
+//! arithmetic, which packs 64 bits per word, wins.
 
 use rand_core::CryptoRng;
 use thiserror::Error;
