@@ -1,4 +1,4 @@
-//! GF(2^128) = GF(2)[x] / (x^128 + x^7 + x^2 + x + 1), and polynomial
+//! GF(2^128) = GF(2)\[x\] / (x^128 + x^7 + x^2 + x + 1), and polynomial
 //! evaluation over it (the universal hash behind verification and
 //! authentication).
 //!

@@ -10,7 +10,7 @@
 //!
 //! For a seed `s` of `n + m − 1` bits and an input `x` of `n` bits,
 //! `y_i = ⊕_{j<n} s[n−1+i−j] · x_j` for `i < m`, i.e. `y = T·x` with the
-//! Toeplitz matrix `T[i][j] = s[n−1+i−j]`. In GF(2)[z] this is coefficients
+//! Toeplitz matrix `T[i][j] = s[n−1+i−j]`. In GF(2)\[z\] this is coefficients
 //! `n−1 … n+m−2` of `S(z)·X(z)`: the middle of the product, which is why
 //! the outer coefficients are never computed.
 //!
@@ -24,7 +24,7 @@
 //! windows shows output word `v` of `y` is `lo(r_{v+1}) ⊕ hi(r_v)`, so the
 //! unaligned bit offset `n − 1` costs nothing but the window extraction.
 //! The `r_u` are a Toeplitz product with 64-bit entries, split into square
-//! `N × N` blocks, each computed by [`middle_product`].
+//! `N × N` blocks, each computed by `middle_product`.
 //!
 //! # Cost
 //!

@@ -1,4 +1,4 @@
-//! Arithmetic over GF(2)[x]: carry-less products, the field GF(2^128), and
+//! Arithmetic over GF(2)\[x\]: carry-less products, the field GF(2^128), and
 //! Toeplitz (middle) products of long bit strings.
 //!
 //! Pure computation on slices and integers: no protocol, no I/O, no key
