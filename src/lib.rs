@@ -10,12 +10,14 @@
 //! | [`xfrm`]      | the kernel: SAs, policies and events over netlink, netns-aware. |
 //! | [`peer`]      | the authenticated channel between two agents.                   |
 //! | [`secret`]    | the only types that hold key bytes.                             |
+//! | [`gf2`]       | carry-less arithmetic: GF(2^128), Toeplitz middle products (no protocol). |
 //! | [`cli`]       | command-line entry points; `main.rs` only calls [`cli::main`].  |
 //!
 //! Rules: only `xfrm` talks to the kernel's XFRM; only `keys` holds pools;
 //! key bytes live only in [`secret`] types.
 
 pub mod cli;
+pub mod gf2;
 pub mod keys;
 pub mod peer;
 pub mod qkd;
