@@ -4,4 +4,5 @@
 //! messages to send, so the same code runs in-process (simulate, benches,
 //! tests) and between two agents over the network. This module does no I/O,
 //! knows no tokio, and never touches the key pool or the kernel.
+pub mod cascade;
 pub mod wire;
