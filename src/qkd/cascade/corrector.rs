@@ -120,7 +120,7 @@ impl CascadeCorrector {
             // Masks of passes of halves are cheap and needed now (an empty
             // half is never asked about); permuted copies wait for their pass.
             let layout = (plan.kind == PassKind::Halves)
-                .then(|| PassLayout::build(*plan, i, &shuffle_seed, &key, true));
+                .then(|| PassLayout::build(*plan, i, &shuffle_seed, &key));
             let count = match &layout {
                 Some(l) => u32::from(l.members(0, 0, n) > 0 && l.members(1, 0, n) > 0),
                 // Pass 1 asks every block; later passes infer the last one
@@ -281,7 +281,7 @@ impl CascadeCorrector {
         self.current = p;
         let plan = self.schedule.passes[p];
         if self.layouts[p].is_none() {
-            self.layouts[p] = Some(PassLayout::build(plan, p, &self.seed, &self.key, true));
+            self.layouts[p] = Some(PassLayout::build(plan, p, &self.seed, &self.key));
         }
         let layout = self.layouts[p].as_ref().expect("built");
         for b in 0..plan.blocks {
@@ -433,8 +433,7 @@ impl CascadeCorrector {
         let n = self.schedule.n;
         for p in 0..=self.current {
             let layout = self.layouts[p].as_mut().expect("started pass");
-            layout.follow_flip(x);
-            let (block, pos) = layout.locate(x);
+            let (block, pos) = layout.follow_flip(x);
             let table = &self.tables[p];
             let (mut lo, mut hi) = layout.plan.root(block, n);
             let mut node = 1u32;

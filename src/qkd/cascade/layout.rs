@@ -10,51 +10,34 @@
 use crate::secret::SecretWords;
 
 use super::params::{PassKind, PassPlan};
-use super::shuffle;
+use super::shuffle::{self, Shuffle};
 use super::tree::{first_member, masked_range_parity, range_count, range_parity};
 
 pub(crate) struct PassLayout {
     pub plan: PassPlan,
-    /// Shuffled passes: the key index at each layout position.
-    sigma: Vec<u32>,
-    /// Shuffled passes, corrector only: the layout position of each key index.
-    pi: Vec<u32>,
-    /// Shuffled passes: the key in layout order.
-    copy: Option<SecretWords>,
+    /// Shuffled passes: the permutation and the key in layout order.
+    shuffled: Option<(Shuffle, SecretWords)>,
     /// Passes of halves: members of block 0 (S) and block 1 (the rest).
     halves: Option<[Vec<u64>; 2]>,
 }
 
 impl PassLayout {
-    /// Builds pass `index` of a key of `n` bits. `key` is needed only for
-    /// shuffled passes (to fill the copy); `with_inverse` keeps the inverse
-    /// permutation, which only the corrector needs (to follow flipped bits).
-    pub fn build(
-        plan: PassPlan,
-        index: usize,
-        seed: &[u8; 32],
-        key: &SecretWords,
-        with_inverse: bool,
-    ) -> Self {
+    /// Builds pass `index` of `key`. The key is read only by shuffled passes
+    /// (to fill their copy).
+    pub fn build(plan: PassPlan, index: usize, seed: &[u8; 32], key: &SecretWords) -> Self {
         let n = key.bits();
         let mut layout = Self {
             plan,
-            sigma: Vec::new(),
-            pi: Vec::new(),
-            copy: None,
+            shuffled: None,
             halves: None,
         };
         match plan.kind {
             PassKind::Identity => {}
             PassKind::Shuffled => {
-                let sigma = shuffle::permutation(seed, index, n);
+                let shuffle = Shuffle::new(seed, index, n);
                 let mut copy = SecretWords::zeroed(n);
-                shuffle::gather(key.expose(), &sigma, copy.expose_mut());
-                if with_inverse {
-                    layout.pi = shuffle::inverse(&sigma);
-                }
-                layout.sigma = sigma;
-                layout.copy = Some(copy);
+                shuffle.gather(key, &mut copy);
+                layout.shuffled = Some((shuffle, copy));
             }
             PassKind::Halves => layout.halves = Some(shuffle::halves(seed, index, n)),
         }
@@ -64,8 +47,8 @@ impl PassLayout {
     /// The key's words in this pass's order.
     #[inline]
     pub fn words<'a>(&'a self, key: &'a SecretWords) -> &'a [u64] {
-        match &self.copy {
-            Some(c) => c.expose(),
+        match &self.shuffled {
+            Some((_, copy)) => copy.expose(),
             None => key.expose(),
         }
     }
@@ -100,31 +83,27 @@ impl PassLayout {
     /// The key index at layout position `pos`.
     #[inline]
     pub fn key_index(&self, pos: usize) -> usize {
-        if self.sigma.is_empty() {
-            pos
-        } else {
-            self.sigma[pos] as usize
+        match &self.shuffled {
+            Some((shuffle, _)) => shuffle.key_index(pos),
+            None => pos,
         }
     }
 
-    /// The block holding key index `x`, and `x`'s layout position.
+    /// Keeps the permuted copy in step with a flip of key bit `x`; returns
+    /// the block holding `x` and `x`'s layout position.
     #[inline]
-    pub fn locate(&self, x: usize) -> (usize, usize) {
-        match (&self.halves, self.plan.kind) {
-            (Some(h), _) => (usize::from((h[0][x / 64] >> (x % 64)) & 1 == 0), x),
-            (None, PassKind::Shuffled) => {
-                let pos = self.pi[x] as usize;
-                (pos / self.plan.block_size, pos)
+    pub fn follow_flip(&mut self, x: usize) -> (usize, usize) {
+        if let Some(h) = &self.halves {
+            return (usize::from((h[0][x / 64] >> (x % 64)) & 1 == 0), x);
+        }
+        let pos = match &mut self.shuffled {
+            Some((shuffle, copy)) => {
+                let pos = shuffle.position(x);
+                copy.flip(pos);
+                pos
             }
-            (None, _) => (x / self.plan.block_size, x),
-        }
-    }
-
-    /// Keeps the permuted copy in step with a flip of key bit `x`.
-    #[inline]
-    pub fn follow_flip(&mut self, x: usize) {
-        if let Some(copy) = &mut self.copy {
-            copy.flip(self.pi[x] as usize);
-        }
+            None => x,
+        };
+        (pos / self.plan.block_size, pos)
     }
 }

@@ -177,7 +177,7 @@ impl CascadeResponder {
         }
         let (lo, hi) = node_interval(plan.root(b, self.schedule.n), id).ok_or(bad.clone())?;
         if self.layouts[pass].is_none() {
-            self.layouts[pass] = Some(PassLayout::build(plan, pass, &self.seed, &self.key, false));
+            self.layouts[pass] = Some(PassLayout::build(plan, pass, &self.seed, &self.key));
         }
         let layout = self.layouts[pass].as_ref().expect("just built");
         if layout.members(b, lo, hi) == 0 {

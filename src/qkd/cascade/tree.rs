@@ -79,8 +79,8 @@ pub(crate) fn first_member(filter: &[u64], lo: usize, hi: usize) -> Option<usize
         return None;
     }
     let (wl, wh, first, last) = span(lo, hi);
-    for w in wl..=wh {
-        let mut m = filter[w];
+    for (w, &word) in filter.iter().enumerate().take(wh + 1).skip(wl) {
+        let mut m = word;
         if w == wl {
             m &= first;
         }
@@ -116,6 +116,15 @@ pub(crate) fn node_interval(root: (usize, usize), id: u32) -> Option<(usize, usi
     if lo >= hi {
         return None;
     }
+    let len = hi - lo;
+    let depth = node_depth(id);
+    if len.is_power_of_two() && (len >> depth) > 0 {
+        // Halving a power of two is exact: node (depth d, rank r) spans
+        // len/2^d positions starting at r·len/2^d.
+        let part = len >> depth;
+        let start = lo + (id as usize - (1usize << depth)) * part;
+        return Some((start, start + part));
+    }
     for level in (0..node_depth(id)).rev() {
         if hi - lo < 2 {
             return None;
@@ -140,9 +149,9 @@ pub(crate) struct NodeTable {
 }
 
 enum Repr {
+    /// Two bits per node in `state` (known, value), one in `asked`.
     Dense {
-        known: Vec<u64>,
-        value: Vec<u64>,
+        state: Vec<u64>,
         asked: Vec<u64>,
     },
     Sparse(HashMap<u64, u8>),
@@ -157,11 +166,10 @@ impl NodeTable {
     pub fn new(blocks: usize, depth: u32, dense: bool) -> Self {
         let shift = depth + 1;
         let repr = if dense {
-            let words = (blocks << shift).div_ceil(64);
+            let nodes = blocks << shift;
             Repr::Dense {
-                known: vec![0; words],
-                value: vec![0; words],
-                asked: vec![0; words],
+                state: vec![0; nodes.div_ceil(32)],
+                asked: vec![0; nodes.div_ceil(64)],
             }
         } else {
             Repr::Sparse(HashMap::new())
@@ -169,42 +177,42 @@ impl NodeTable {
         Self { shift, repr }
     }
 
-    #[inline]
+    #[inline(always)]
     fn index(&self, block: usize, id: u32) -> usize {
         (block << self.shift) | id as usize
     }
 
     /// The disclosed parity of a node, if known.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, block: usize, id: u32) -> Option<bool> {
         let i = self.index(block, id);
-        match &self.repr {
-            Repr::Dense { known, value, .. } => (bit(known, i)).then(|| bit(value, i)),
-            Repr::Sparse(m) => {
-                let f = *m.get(&(i as u64)).unwrap_or(&0);
-                (f & KNOWN != 0).then_some(f & VALUE != 0)
-            }
-        }
+        let f = match &self.repr {
+            Repr::Dense { state, .. } => (state[i / 32] >> (2 * (i % 32))) as u8,
+            Repr::Sparse(m) => *m.get(&(i as u64)).unwrap_or(&0),
+        };
+        (f & KNOWN != 0).then_some(f & VALUE != 0)
     }
 
     /// Records a node's parity.
-    #[inline]
+    #[inline(always)]
     pub fn set(&mut self, block: usize, id: u32, parity: bool) {
         let i = self.index(block, id);
+        let f = KNOWN | if parity { VALUE } else { 0 };
         match &mut self.repr {
-            Repr::Dense { known, value, .. } => {
-                set_bit(known, i, true);
-                set_bit(value, i, parity);
+            Repr::Dense { state, .. } => {
+                let sh = 2 * (i % 32);
+                let w = &mut state[i / 32];
+                *w = (*w & !(3 << sh)) | (u64::from(f) << sh);
             }
             Repr::Sparse(m) => {
-                let f = m.entry(i as u64).or_insert(0);
-                *f = (*f & ASKED) | KNOWN | if parity { VALUE } else { 0 };
+                let e = m.entry(i as u64).or_insert(0);
+                *e = (*e & ASKED) | f;
             }
         }
     }
 
     /// Whether the node's parity has been requested and not yet answered.
-    #[inline]
+    #[inline(always)]
     pub fn asked(&self, block: usize, id: u32) -> bool {
         let i = self.index(block, id);
         match &self.repr {
@@ -213,7 +221,7 @@ impl NodeTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn set_asked(&mut self, block: usize, id: u32, on: bool) {
         let i = self.index(block, id);
         match &mut self.repr {
@@ -289,6 +297,35 @@ mod tests {
         assert_eq!(node_interval((3, 3), 1), None);
         assert_eq!(node_depth(1), 0);
         assert_eq!(node_depth(5), 2);
+    }
+
+    #[test]
+    fn node_interval_fast_path_equals_the_descent() {
+        fn descend(root: (usize, usize), id: u32) -> Option<(usize, usize)> {
+            let (mut lo, mut hi) = root;
+            for level in (0..node_depth(id)).rev() {
+                if hi - lo < 2 {
+                    return None;
+                }
+                let mid = split(lo, hi);
+                if (id >> level) & 1 == 0 {
+                    hi = mid
+                } else {
+                    lo = mid
+                }
+            }
+            Some((lo, hi))
+        }
+        for len in 1..=70usize {
+            for id in 1..512u32 {
+                let root = (1000, 1000 + len);
+                assert_eq!(
+                    node_interval(root, id),
+                    descend(root, id),
+                    "len={len} id={id}"
+                );
+            }
+        }
     }
 
     #[test]
