@@ -68,13 +68,12 @@ fn print_efficiency_table() {
                 let (mut fs, mut rounds, mut failed) = (Vec::new(), 0u64, 0);
                 for s in 0..seeds {
                     let (alice, bob, errors) = key_pair(n, q, 1000 + s);
-                    let (out, alice, _) =
-                        reconcile_in_memory(alice, bob, q, seed_of(s), &config(variant))
-                            .expect("reconciliation");
+                    let run = reconcile_in_memory(alice, bob, q, seed_of(s), &config(variant))
+                        .expect("reconciliation");
                     let realised = errors as f64 / n as f64;
-                    fs.push(out.leaked_bits as f64 / (n as f64 * binary_entropy(realised)));
-                    rounds += u64::from(out.rounds);
-                    failed += u32::from(!out.key.ct_eq(&alice));
+                    fs.push(run.bob.leaked_bits as f64 / (n as f64 * binary_entropy(realised)));
+                    rounds += u64::from(run.bob.rounds);
+                    failed += u32::from(!run.bob.key.ct_eq(&run.alice_key));
                 }
                 let mean = fs.iter().sum::<f64>() / fs.len() as f64;
                 let max = fs.iter().cloned().fold(0.0, f64::max);

@@ -19,8 +19,14 @@
 //! is asked that the corrector can infer — the right half of a bisected node
 //! (parent ⊕ left), the last top-level block of passes after the first
 //! (total parity ⊕ the others), and any sub-block parity disclosed by an
-//! earlier search (sub-block reuse, Demystifying §4). None of these weakens
-//! security: each is a function of parities already disclosed.
+//! earlier search ("sub-block reuse" of Demystifying's options 4, 7 and 8).
+//! None of these weakens security: each is a function of parities already
+//! disclosed.
+//!
+//! Both parties derive the same schedule from public values: the key length,
+//! the QBER estimate (the same `f64` on both sides, e.g. the one the
+//! estimation stage exchanged) and the variant. The shuffle seed is public
+//! too; it only has to be fixed after the quantum exchange.
 //!
 //! Keys are [`SecretWords`]; nothing here logs, formats or puts key bits in
 //! errors. Messages go through [`crate::qkd::wire`]. No I/O, no tokio.
@@ -88,16 +94,26 @@ pub enum CascadeError {
     Closed,
 }
 
+/// The result of [`reconcile_in_memory`].
+#[derive(Debug)]
+pub struct InMemoryRun {
+    /// Bob's outcome, with his corrected key.
+    pub bob: CascadeOutcome,
+    /// Alice's key, unchanged.
+    pub alice_key: SecretWords,
+    /// The leak as Alice counted it (equal to `bob.leaked_bits`).
+    pub alice_leaked_bits: u64,
+}
+
 /// Runs both parties in this thread over an in-memory channel, every message
-/// encoded and decoded as it would be on the network. Returns Bob's outcome
-/// and Alice's key (unchanged) with the leak Alice counted.
+/// encoded and decoded as it would be on the network.
 pub fn reconcile_in_memory(
     alice_key: SecretWords,
     bob_key: SecretWords,
     qber_estimate: f64,
     shuffle_seed: [u8; 32],
     cfg: &CascadeConfig,
-) -> Result<(CascadeOutcome, SecretWords, u64), CascadeError> {
+) -> Result<InMemoryRun, CascadeError> {
     if alice_key.bits() != bob_key.bits() {
         return Err(CascadeError::LengthMismatch {
             alice: alice_key.bits(),
@@ -108,14 +124,16 @@ pub fn reconcile_in_memory(
     let (mut bob, mut request) = CascadeCorrector::new(bob_key, qber_estimate, shuffle_seed, cfg)?;
     loop {
         let asked = request.parity_count();
-        let wire_request = request.encode();
-        let reply_bytes = alice.handle_bytes(&wire_request)?;
+        let reply_bytes = alice.handle_bytes(&request.encode())?;
         let reply = ParityReply::decode(&reply_bytes, asked)?;
         match bob.handle(&reply)? {
             CorrectorStep::Send(next) => request = next,
             CorrectorStep::Done(outcome) => {
-                let leaked = alice.leaked_bits();
-                return Ok((outcome, alice.into_key(), leaked));
+                return Ok(InMemoryRun {
+                    alice_leaked_bits: alice.leaked_bits(),
+                    alice_key: alice.into_key(),
+                    bob: outcome,
+                });
             }
         }
     }

@@ -3,11 +3,11 @@
 //! Both parties derive the same [`Schedule`] from public data only: the key
 //! length, the agreed QBER estimate and the variant. Nothing here sees key
 //! bits. The block-size formulas are those of the papers named on each
-//! variant, as tabulated by Martinez-Mateo, Pacher, Peev, Ciurana, Martin,
+//! variant, as compared by Martinez-Mateo, Pacher, Peev, Ciurana, Martin,
 //! "Demystifying the information reconciliation protocol Cascade",
-//! Quantum Inf. Comput. 15 (2015), arXiv:1407.3257 (§5 and Table 1 there), and
-//! as transcribed in Bruno Rijsman's reference implementation
-//! (github.com/brunorijsman/cascade-cpp, `src/algorithm.cpp`).
+//! Quantum Inf. Comput. 15 (2015), arXiv:1407.3257, and as transcribed (with
+//! the paper's option numbers) in Bruno Rijsman's reference implementation
+//! github.com/brunorijsman/cascade-cpp, `src/algorithm.cpp`.
 
 use super::CascadeError;
 
@@ -20,8 +20,9 @@ pub const MIN_QBER_FOR_SCHEDULE: f64 = 1e-5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CascadeVariant {
     /// Brassard–Salvail 1993 ("Secret-key reconciliation by public
-    /// discussion", EUROCRYPT '93, §4): k1 = ⌈0.73/Q⌉, k_i = 2·k_{i−1},
-    /// four passes, the first without shuffling.
+    /// discussion", EUROCRYPT '93): k1 = ⌈0.73/Q⌉, k_i = 2·k_{i−1}, four
+    /// passes, the first without shuffling. (Known sub-block parities are
+    /// still never asked twice, so it leaks a little less than the paper's.)
     Original,
     /// "Cascade opt. (7)" of Demystifying (2015): k1 = 2^⌈log2(1/Q)⌉,
     /// k2 = 4·k1, k_i = n/2 for i ≥ 3, 14 passes, known sub-block parities
@@ -210,7 +211,7 @@ fn block_sizes(variant: CascadeVariant, q: f64) -> Vec<BlockSize> {
     let pow2 = |e: f64| -> usize { 1usize << (e.ceil().clamp(0.0, 40.0) as u32) };
     match variant {
         CascadeVariant::Original => {
-            // Brassard–Salvail 1993 §4: k1 ≈ 0.73/Q, doubling, 4 passes.
+            // Brassard–Salvail 1993: k1 ≈ 0.73/Q, doubling, 4 passes.
             let k1 = (0.73 / q).ceil() as usize;
             (0..4).map(|i| Bits(k1.saturating_mul(1 << i))).collect()
         }

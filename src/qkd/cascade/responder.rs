@@ -32,7 +32,8 @@ pub struct CascadeResponder {
 
 impl CascadeResponder {
     /// `qber_estimate` and `shuffle_seed` are the public values agreed with
-    /// the corrector; `cfg.variant` must match the corrector's.
+    /// the corrector (bit-identical: they fix the block sizes and shuffles);
+    /// `cfg.variant` must match the corrector's.
     pub fn new(
         key: SecretWords,
         qber_estimate: f64,

@@ -126,10 +126,10 @@ fn tiny_and_unaligned_keys() {
                 ..Default::default()
             };
             match reconcile_in_memory(alice, bob, 0.05, seed_of(n as u64), &config) {
-                Ok((out, alice, leaked)) => {
-                    assert_eq!(out.leaked_bits, leaked);
-                    assert!(out.leaked_bits <= n as u64);
-                    assert!(out.key.ct_eq(&alice), "n={n} {variant:?}");
+                Ok(run) => {
+                    assert_eq!(run.bob.leaked_bits, run.alice_leaked_bits);
+                    assert!(run.bob.leaked_bits <= n as u64);
+                    assert!(run.bob.key.ct_eq(&run.alice_key), "n={n} {variant:?}");
                 }
                 Err(CascadeError::LeakBudget { .. }) if n < 64 => {}
                 Err(e) => panic!("n={n} {variant:?}: {e}"),
@@ -154,9 +154,9 @@ fn residual_error_rate_of_the_default_variant() {
         for b in 0..BLOCKS {
             let id = (qi as u64) << 32 | b;
             let (alice, bob, e) = key_pair(N, qber, id);
-            let (out, alice, _) =
-                reconcile_in_memory(alice, bob, qber, seed_of(id), &config).unwrap();
-            failed += u64::from(!out.key.ct_eq(&alice));
+            let run = reconcile_in_memory(alice, bob, qber, seed_of(id), &config).unwrap();
+            let out = run.bob;
+            failed += u64::from(!out.key.ct_eq(&run.alice_key));
             leaked += out.leaked_bits;
             errors += e as u64;
             rounds += u64::from(out.rounds);
@@ -356,11 +356,16 @@ fn corrector_rejects_wrong_replies() {
 
 #[test]
 fn outcome_debug_is_redacted() {
-    let (alice, bob, _) = key_pair(256, 0.0, 5);
-    let (out, _, _) =
-        reconcile_in_memory(alice, bob, 0.02, seed_of(5), &CascadeConfig::default()).unwrap();
-    let shown = format!("{out:?}");
-    assert!(shown.contains("redacted"), "{shown}");
+    let pattern = 0xA5A5_A5A5_A5A5_A5A5u64;
+    let mut alice = SecretWords::zeroed(256);
+    alice.expose_mut().fill(pattern);
+    let mut bob = alice.duplicate();
+    bob.flip(3);
+    let run = reconcile_in_memory(alice, bob, 0.02, seed_of(5), &CascadeConfig::default()).unwrap();
+    let shown = format!("{run:?}");
+    assert_eq!(shown.matches("redacted").count(), 2, "{shown}");
+    assert!(!shown.to_lowercase().contains("a5a5"), "{shown}");
+    assert!(!shown.contains(&pattern.to_string()), "{shown}");
 }
 
 proptest! {
