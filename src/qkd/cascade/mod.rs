@@ -50,7 +50,7 @@ use crate::secret::SecretWords;
 pub use corrector::{CascadeCorrector, CascadeOutcome, CorrectorStep, PassReport};
 pub use messages::{BlockRange, NodeRef, ParityBits, ParityReply, ParityRequest};
 pub use params::{
-    CascadeConfig, CascadeVariant, MIN_QBER_FOR_SCHEDULE, binary_entropy, efficiency,
+    CascadeConfig, CascadeVariant, MAX_KEY_BITS, MIN_QBER_FOR_SCHEDULE, binary_entropy, efficiency,
 };
 pub use responder::CascadeResponder;
 

@@ -16,6 +16,11 @@ use super::CascadeError;
 /// anyway. Same floor as cascade-cpp (`min_estimated_bit_error_rate`).
 pub const MIN_QBER_FOR_SCHEDULE: f64 = 1e-5;
 
+/// Hard upper bound on the key length, whatever the configuration says:
+/// bisection trees then have depth ≤ 30, so heap ids (2i + 1 included) fit
+/// the u32 of the wire format.
+pub const MAX_KEY_BITS: usize = 1 << 30;
+
 /// Which Cascade schedule to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CascadeVariant {
@@ -165,11 +170,9 @@ impl Schedule {
     pub const MAX_PASSES: usize = 14;
 
     pub fn new(n: usize, qber: f64, cfg: &CascadeConfig) -> Result<Self, CascadeError> {
-        if n == 0 || n > cfg.max_key_bits || n > u32::MAX as usize {
-            return Err(CascadeError::KeyLength {
-                bits: n,
-                max: cfg.max_key_bits.min(u32::MAX as usize),
-            });
+        let max = cfg.max_key_bits.min(MAX_KEY_BITS);
+        if n == 0 || n > max {
+            return Err(CascadeError::KeyLength { bits: n, max });
         }
         if !qber.is_finite() || !(0.0..=cfg.max_qber).contains(&qber) {
             return Err(CascadeError::QberOutOfRange {
@@ -333,6 +336,11 @@ mod tests {
         assert!(Schedule::new(100, 0.3, &cfg).is_err());
         assert!(Schedule::new(100, -0.1, &cfg).is_err());
         assert!(Schedule::new(cfg.max_key_bits + 1, 0.02, &cfg).is_err());
+        let huge = CascadeConfig {
+            max_key_bits: usize::MAX,
+            ..Default::default()
+        };
+        assert!(Schedule::new(MAX_KEY_BITS + 1, 0.02, &huge).is_err());
     }
 
     #[test]
