@@ -7,4 +7,5 @@
 pub mod amplify;
 pub mod auth;
 pub mod verify;
+pub mod cascade;
 pub mod wire;
