@@ -6,6 +6,6 @@
 //! knows no tokio, and never touches the key pool or the kernel.
 pub mod amplify;
 pub mod auth;
-pub mod verify;
 pub mod cascade;
+pub mod verify;
 pub mod wire;
