@@ -5,3 +5,7 @@
 //! tests) and between two agents over the network. This module does no I/O,
 //! knows no tokio, and never touches the key pool or the kernel.
 pub mod wire;
+pub mod optics;
+pub mod sift;
+pub mod estimate;
+pub mod analytic;
