@@ -103,6 +103,24 @@ impl AddAssign for SiftStats {
     }
 }
 
+impl SiftStats {
+    /// The block's counts for [`crate::qkd::estimate::finite_key_length`],
+    /// once reconciliation has counted the key errors and the leak.
+    pub fn block_counts(
+        &self,
+        key_errors: u64,
+        leaked_bits: u64,
+    ) -> crate::qkd::estimate::BlockCounts {
+        crate::qkd::estimate::BlockCounts {
+            key_detections: self.key,
+            test_detections: self.test,
+            test_errors: self.test_errors,
+            key_errors,
+            leaked_bits,
+        }
+    }
+}
+
 /// One side's sifted key with the class of each bit and the statistics.
 pub struct SiftedKey {
     pub key: SecretWords,
