@@ -9,3 +9,7 @@ pub mod auth;
 pub mod cascade;
 pub mod verify;
 pub mod wire;
+pub mod optics;
+pub mod sift;
+pub mod estimate;
+pub mod analytic;
