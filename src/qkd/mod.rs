@@ -5,11 +5,12 @@
 //! tests) and between two agents over the network. This module does no I/O,
 //! knows no tokio, and never touches the key pool or the kernel.
 pub mod amplify;
+pub mod analytic;
 pub mod auth;
 pub mod cascade;
-pub mod verify;
-pub mod wire;
+pub mod estimate;
+pub mod link;
 pub mod optics;
 pub mod sift;
-pub mod estimate;
-pub mod analytic;
+pub mod verify;
+pub mod wire;

@@ -267,6 +267,11 @@ impl std::fmt::Debug for DetectionReport {
 }
 
 impl SiftReply {
+    /// The first slot of the frame this reply answers.
+    pub fn first_slot(&self) -> u64 {
+        self.first_slot
+    }
+
     fn alice_basis(&self, i: usize) -> Basis {
         Basis::from_bit(get_bit(&self.x_basis, i))
     }
