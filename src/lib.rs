@@ -10,6 +10,8 @@
 //! | [`xfrm`]      | the kernel: SAs, policies and events over netlink, netns-aware. |
 //! | [`peer`]      | the authenticated channel between two agents.                   |
 //! | [`secret`]    | the only types that hold key bytes.                             |
+//! | [`netns`]     | network namespace handles; running code inside one.             |
+//! | [`testbed`]   | a disposable two-gateway topology in namespaces (tests, demo).  |
 //! | [`cli`]       | command-line entry points; `main.rs` only calls [`cli::main`].  |
 //!
 //! Rules: only `xfrm` talks to the kernel's XFRM; only `keys` holds pools;
@@ -17,8 +19,10 @@
 
 pub mod cli;
 pub mod keys;
+pub mod netns;
 pub mod peer;
 pub mod qkd;
 pub mod rekey;
 pub mod secret;
+pub mod testbed;
 pub mod xfrm;
