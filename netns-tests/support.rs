@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use qkd_ipsec::secret::SaKey;
-use qkd_ipsec::testbed::{Gateway, Testbed};
+use qkd_ipsec::testbed::{Gateway, Host, Testbed};
 use qkd_ipsec::xfrm::{
     Direction, Mode, Ownership, PolicySpec, PolicyTemplate, SaId, SaSpec, TrafficSelector,
     XfrmHandle,
@@ -277,4 +277,137 @@ pub async fn within<T>(limit: Duration, what: &str, f: impl std::future::Future<
     tokio::time::timeout(limit, f)
         .await
         .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// What a [`UdpStream`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamStats {
+    pub sent: u64,
+    /// The first few sequence numbers that never arrived.
+    pub first_missing: [Option<u64>; 4],
+    /// Distinct sequence numbers that arrived.
+    pub received: u64,
+    pub duplicates: u64,
+    pub send_errors: u64,
+    /// Achieved send rate, packets per second.
+    pub rate: f64,
+}
+
+/// A one-way stream of numbered UDP datagrams between two hosts of the
+/// testbed at a fixed rate; the receiver records every sequence number, so
+/// loss and duplication are counted exactly. Sockets are created inside the
+/// hosts' namespaces.
+pub struct UdpStream {
+    stop_sending: tokio_util::sync::CancellationToken,
+    stop_receiving: tokio_util::sync::CancellationToken,
+    sender: tokio::task::JoinHandle<(u64, u64, Duration)>,
+    receiver: tokio::task::JoinHandle<(Vec<bool>, u64)>,
+}
+
+impl UdpStream {
+    pub async fn start(from: &Host, to: &Host, port: u16, rate: u32) -> Self {
+        use std::net::{SocketAddr, UdpSocket};
+        let bind = |netns: &qkd_ipsec::netns::Netns, addr: SocketAddr| {
+            let socket = netns
+                .run(move || UdpSocket::bind(addr))
+                .expect("enter host namespace")
+                .expect("bind UDP socket");
+            socket.set_nonblocking(true).expect("non-blocking");
+            tokio::net::UdpSocket::from_std(socket).expect("register UDP socket")
+        };
+        let rx = bind(&to.netns, SocketAddr::new(to.addr, port));
+        let tx = bind(&from.netns, SocketAddr::new(from.addr, 0));
+        let dst = SocketAddr::new(to.addr, port);
+        let stop_sending = tokio_util::sync::CancellationToken::new();
+        let stop_receiving = tokio_util::sync::CancellationToken::new();
+
+        let receiver = {
+            let stop = stop_receiving.clone();
+            tokio::spawn(async move {
+                let mut seen: Vec<bool> = Vec::new();
+                let mut duplicates = 0;
+                let mut buf = [0u8; 64];
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        r = rx.recv(&mut buf) => {
+                            let Ok(n) = r else { continue };
+                            if n < 8 { continue; }
+                            let seq = u64::from_be_bytes(buf[..8].try_into().unwrap()) as usize;
+                            if seq >= seen.len() { seen.resize(seq + 1, false); }
+                            if seen[seq] { duplicates += 1 } else { seen[seq] = true }
+                        }
+                    }
+                }
+                (seen, duplicates)
+            })
+        };
+        let sender = {
+            let stop = stop_sending.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+                // Late wake-ups (an emulated CPU) are made up with bursts, so
+                // the average rate holds whenever the CPU can sustain it.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let started = tokio::time::Instant::now();
+                let (mut sent, mut errors) = (0u64, 0u64);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            match tx.send_to(&sent.to_be_bytes(), dst).await {
+                                Ok(_) => {}
+                                Err(_) => errors += 1,
+                            }
+                            sent += 1;
+                        }
+                    }
+                }
+                (sent, errors, started.elapsed())
+            })
+        };
+        Self {
+            stop_sending,
+            stop_receiving,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Stops sending, waits `drain` for packets in flight, stops receiving.
+    pub async fn finish(self, drain: Duration) -> StreamStats {
+        // Stop the sender first, then give the last packets time to arrive.
+        self.stop_sending.cancel();
+        let (sent, send_errors, elapsed) = self.sender.await.expect("sender task");
+        tokio::time::sleep(drain).await;
+        self.stop_receiving.cancel();
+        let (seen, duplicates) = self.receiver.await.expect("receiver task");
+        let mut first_missing = [None; 4];
+        let missing = (0..sent).filter(|&i| !seen.get(i as usize).copied().unwrap_or(false));
+        for (slot, seq) in first_missing.iter_mut().zip(missing) {
+            *slot = Some(seq);
+        }
+        StreamStats {
+            sent,
+            first_missing,
+            received: seen.iter().filter(|&&s| s).count() as u64,
+            duplicates,
+            send_errors,
+            rate: sent as f64 / elapsed.as_secs_f64(),
+        }
+    }
+}
+
+/// The non-zero XFRM error counters of a namespace (/proc/net/xfrm_stat),
+/// which say where the kernel dropped IPsec packets.
+pub async fn xfrm_stat(ns: &str) -> String {
+    run_ok(
+        in_netns(ns, "cat", &["/proc/net/xfrm_stat"]),
+        "read xfrm_stat",
+    )
+    .await
+    .lines()
+    .filter(|l| !l.trim_end().ends_with(" 0") && !l.trim_end().ends_with("\t0"))
+    .collect::<Vec<_>>()
+    .join(", ")
 }

@@ -34,7 +34,9 @@ pub use error::{AEAD_NAME, MissingModule, XfrmError};
 pub use events::{AcquireRequest, ExpiredSa, XfrmEvent, XfrmEvents};
 pub use ownership::{FIRST_USABLE_SPI, Ownership, XfrmMark};
 pub use policy::{Direction, PolicyId, PolicyInfo, PolicySpec, PolicyTemplate};
-pub use rekey::{ReceiverSide, RekeyOutcome, RekeyStep, SenderSide, Side, rekey_direction};
+pub use rekey::{
+    ReceiverSide, RekeyOutcome, RekeyStep, RekeyTiming, SenderSide, Side, rekey_direction,
+};
 pub use selector::{Prefix, TrafficSelector};
 pub use state::{Lifetimes, Limits, Mode, ReplayProtection, SaCounters, SaId, SaInfo, SaSpec};
 

@@ -204,6 +204,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)] // empty ranges are the point
     fn invalid_rules_are_rejected() {
         let bad = [
             Ownership {

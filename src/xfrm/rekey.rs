@@ -27,6 +27,33 @@ use super::{XfrmError, XfrmHandle};
 /// need far less on a LAN, but a WAN with queues can hold them for seconds.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
+/// Pause between adding the new outbound SA and deleting the old one. On
+/// kernels that pick the newest SA for new bundles (adding an SA bumps the
+/// genid of its siblings, invalidating cached bundles), traffic has moved by
+/// then; a packet that looked up the old bundle just before, and is still
+/// on its way to `xfrm_output`, would be dropped ("XfrmOutStateInvalid") if
+/// the old SA vanished under it. 50 ms covers scheduling stalls even of an
+/// emulated CPU and costs nothing at rekey intervals of minutes.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(50);
+
+/// The waits of a rekey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RekeyTiming {
+    /// Sender: between step 2 and step 3.
+    pub settle: Duration,
+    /// Receiver: between step 3 (confirmed by the sender) and step 4.
+    pub grace: Duration,
+}
+
+impl Default for RekeyTiming {
+    fn default() -> Self {
+        Self {
+            settle: DEFAULT_SETTLE,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
 /// Which machine performs a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -118,6 +145,7 @@ impl<'h> SenderSide<'h> {
     }
 
     /// Step 3: deletes the old outbound SA, moving traffic to the new one.
+    /// Run it [`RekeyTiming::settle`] after step 2 (see [`DEFAULT_SETTLE`]).
     /// Returns its counters read just before deletion (a packet or two may
     /// still go out in between). `None` if there was none or it is gone.
     pub async fn delete_old_outbound(&self) -> Result<Option<SaCounters>, XfrmError> {
@@ -160,9 +188,9 @@ pub async fn rekey_direction(
     old_outbound: Option<SaId>,
     mut new_inbound: SaSpec,
     mut new_outbound: SaSpec,
-    grace: Duration,
+    timing: RekeyTiming,
 ) -> Result<RekeyOutcome, XfrmError> {
-    let rx = ReceiverSide::new(receiver, old_inbound, grace);
+    let rx = ReceiverSide::new(receiver, old_inbound, timing.grace);
     let tx = SenderSide::new(sender, old_outbound);
     let new = rx.add_new_inbound(&mut new_inbound).await?;
     new_outbound.spi = new_inbound.spi;
@@ -171,6 +199,9 @@ pub async fn rekey_direction(
             tracing::warn!(sa = %new, error = %undo, "could not undo the new inbound SA");
         }
         return Err(e);
+    }
+    if old_outbound.is_some() {
+        tokio::time::sleep(timing.settle).await;
     }
     let retired_outbound = tx.delete_old_outbound().await?;
     let retired_inbound = rx.delete_old_inbound().await?;
