@@ -209,9 +209,7 @@ impl Testbed {
         for gw in [&self.gw_a, &self.gw_b] {
             gw.netns.write_sysctl("net/ipv4/ip_forward", "1")?;
         }
-        for rt in [ga, gb, ha, hb] {
-            rt.close();
-        }
+        // Dropping the connections aborts their tasks.
         Ok(())
     }
 
@@ -258,12 +256,19 @@ impl Drop for Testbed {
     }
 }
 
-/// An rtnetlink connection opened inside one namespace.
+/// An rtnetlink connection opened inside one namespace; its connection task
+/// is aborted when it is dropped, on success and error paths alike.
 struct Rtnl {
     prefix: String,
     netns: Netns,
     handle: Handle,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Rtnl {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Rtnl {
@@ -287,10 +292,6 @@ impl Rtnl {
             handle,
             task: tokio::spawn(connection),
         })
-    }
-
-    fn close(self) {
-        self.task.abort();
     }
 
     fn fail(&self, step: String) -> impl FnOnce(rtnetlink::Error) -> TestbedError + '_ {
