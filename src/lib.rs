@@ -11,6 +11,8 @@
 //! | [`peer`]      | the authenticated channel between two agents.                   |
 //! | [`secret`]    | the only types that hold key bytes.                             |
 //! | [`gf2`]       | carry-less arithmetic: GF(2^128), Toeplitz middle products (no protocol). |
+//! | [`netns`]     | network namespace handles; running code inside one.             |
+//! | [`testbed`]   | a disposable two-gateway topology in namespaces (tests, demo).  |
 //! | [`cli`]       | command-line entry points; `main.rs` only calls [`cli::main`].  |
 //!
 //! Rules: only `xfrm` talks to the kernel's XFRM; only `keys` holds pools;
@@ -19,8 +21,10 @@
 pub mod cli;
 pub mod gf2;
 pub mod keys;
+pub mod netns;
 pub mod peer;
 pub mod qkd;
 pub mod rekey;
 pub mod secret;
+pub mod testbed;
 pub mod xfrm;

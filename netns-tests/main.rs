@@ -1,0 +1,18 @@
+//! Privileged integration tests of the XFRM layer on a real kernel carrying
+//! real ESP packets, each scenario in its own freshly created namespaces
+//! (see [`qkd_ipsec::testbed`]), torn down also when a test fails.
+//!
+//! Run them with `netns-tests/run`, which boots a kernel with ESP in a VM
+//! when the host has none. They need root and never skip: a missing
+//! capability or kernel feature is a failure. This target is `test = false`
+//! so that a plain `cargo test` on a host without ESP does not run it.
+//!
+//! Scenarios, one module each: `tunnel`, `rekey`, `lifetime`, `ownership`
+//! (all need ESP) and `no_esp` (needs a kernel *without* ESP).
+
+mod lifetime;
+mod no_esp;
+mod ownership;
+mod rekey;
+mod support;
+mod tunnel;

@@ -1,0 +1,397 @@
+//! A disposable two-gateway topology in network namespaces, for the netns
+//! tests, the benchmarks and `qkd-ipsec demo`:
+//!
+//! ```text
+//!  host-a ──eth0/lan── gw-a ══wan══ gw-b ──lan/eth0── host-b
+//!  10.1.0.2      10.1.0.1  192.0.2.1   192.0.2.2  10.2.0.1     10.2.0.2
+//! ```
+//!
+//! Four namespaces named `<prefix>-{gwa,gwb,hosta,hostb}` (visible to
+//! `ip netns`), veth links between them, addresses, routes and forwarding
+//! on the gateways. Links, addresses and routes are made with rtnetlink
+//! from inside each namespace (see [`crate::netns`]); no IPsec is set up —
+//! that is the caller's job, through [`crate::xfrm`].
+//!
+//! Dropping a [`Testbed`] deletes its namespaces (the veths go with them),
+//! also while a failing test unwinds; [`Testbed::teardown`] does the same and
+//! reports every error rather than stopping at the first. This module owns
+//! only the namespaces it created.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::netns::{Netns, NetnsError};
+use crate::xfrm::Prefix;
+
+/// Interface names inside the namespaces (each namespace has its own name
+/// space, so they are the same in every testbed).
+pub const WAN_IF: &str = "wan";
+pub const LAN_IF: &str = "lan";
+pub const HOST_IF: &str = "eth0";
+
+/// Errors while building a testbed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("testbed {prefix}: {step} in {netns}: {source}")]
+    Rtnetlink {
+        prefix: String,
+        netns: String,
+        step: String,
+        source: rtnetlink::Error,
+    },
+    #[error("testbed {prefix}: cannot open rtnetlink in {netns}: {source}")]
+    Connect {
+        prefix: String,
+        netns: String,
+        source: std::io::Error,
+    },
+    #[error("testbed {prefix}: interface {name} not found in {netns}")]
+    NoSuchLink {
+        prefix: String,
+        netns: String,
+        name: String,
+    },
+}
+
+/// Every error met while tearing a testbed down.
+#[derive(Debug, thiserror::Error)]
+#[error("tearing down testbed {prefix}: {}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct TeardownError {
+    pub prefix: String,
+    pub errors: Vec<NetnsError>,
+}
+
+/// A gateway: WAN side towards the other gateway, LAN side towards its host.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub name: String,
+    pub netns: Netns,
+    pub wan: IpAddr,
+    pub lan: IpAddr,
+    /// The subnet behind this gateway.
+    pub site: Prefix,
+}
+
+/// A host behind a gateway.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub netns: Netns,
+    pub addr: IpAddr,
+}
+
+/// The four namespaces and their addressing. See the module docs.
+#[derive(Debug)]
+pub struct Testbed {
+    pub prefix: String,
+    pub gw_a: Gateway,
+    pub gw_b: Gateway,
+    pub host_a: Host,
+    pub host_b: Host,
+    created: Vec<String>,
+}
+
+static NEXT_TESTBED: AtomicU32 = AtomicU32::new(0);
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+impl Testbed {
+    /// A name prefix unique to this process and call, e.g. `qkd-rekey-4242-3`.
+    pub fn unique_prefix(tag: &str) -> String {
+        format!(
+            "qkd-{tag}-{}-{}",
+            std::process::id(),
+            NEXT_TESTBED.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Builds the topology. On failure, everything created so far is deleted.
+    /// Must be called inside a tokio runtime.
+    pub async fn create(prefix: &str) -> Result<Self, TestbedError> {
+        let ns_name = |role: &str| format!("{prefix}-{role}");
+        let mut bed = Testbed {
+            prefix: prefix.to_string(),
+            gw_a: Gateway {
+                name: ns_name("gwa"),
+                netns: Netns::Current,
+                wan: v4(192, 0, 2, 1), // RFC 5737 TEST-NET-1
+                lan: v4(10, 1, 0, 1),
+                site: Prefix::new(v4(10, 1, 0, 0), 24),
+            },
+            gw_b: Gateway {
+                name: ns_name("gwb"),
+                netns: Netns::Current,
+                wan: v4(192, 0, 2, 2),
+                lan: v4(10, 2, 0, 1),
+                site: Prefix::new(v4(10, 2, 0, 0), 24),
+            },
+            host_a: Host {
+                name: ns_name("hosta"),
+                netns: Netns::Current,
+                addr: v4(10, 1, 0, 2),
+            },
+            host_b: Host {
+                name: ns_name("hostb"),
+                netns: Netns::Current,
+                addr: v4(10, 2, 0, 2),
+            },
+            created: Vec::new(),
+        };
+        // From here on, an early return drops `bed`, which deletes whatever
+        // namespaces were already created.
+        for name in [
+            bed.gw_a.name.clone(),
+            bed.gw_b.name.clone(),
+            bed.host_a.name.clone(),
+            bed.host_b.name.clone(),
+        ] {
+            let ns = Netns::create_named(&name)?;
+            bed.created.push(name.clone());
+            if name == bed.gw_a.name {
+                bed.gw_a.netns = ns;
+            } else if name == bed.gw_b.name {
+                bed.gw_b.netns = ns;
+            } else if name == bed.host_a.name {
+                bed.host_a.netns = ns;
+            } else {
+                bed.host_b.netns = ns;
+            }
+        }
+        bed.wire().await?;
+        Ok(bed)
+    }
+
+    async fn wire(&self) -> Result<(), TestbedError> {
+        let ga = Rtnl::open(&self.prefix, &self.gw_a.netns).await?;
+        let gb = Rtnl::open(&self.prefix, &self.gw_b.netns).await?;
+        let ha = Rtnl::open(&self.prefix, &self.host_a.netns).await?;
+        let hb = Rtnl::open(&self.prefix, &self.host_b.netns).await?;
+        // veth pairs are created in one namespace with the peer placed
+        // directly in the other (`ip link add … peer name … netns …`).
+        ga.veth(WAN_IF, WAN_IF, &self.gw_b.netns).await?;
+        ga.veth(LAN_IF, HOST_IF, &self.host_a.netns).await?;
+        gb.veth(LAN_IF, HOST_IF, &self.host_b.netns).await?;
+
+        for (rt, links) in [
+            (&ga, &[WAN_IF, LAN_IF][..]),
+            (&gb, &[WAN_IF, LAN_IF][..]),
+            (&ha, &[HOST_IF][..]),
+            (&hb, &[HOST_IF][..]),
+        ] {
+            rt.up("lo").await?;
+            for l in links {
+                rt.up(l).await?;
+            }
+        }
+        ga.address(WAN_IF, self.gw_a.wan, 24).await?;
+        ga.address(LAN_IF, self.gw_a.lan, 24).await?;
+        gb.address(WAN_IF, self.gw_b.wan, 24).await?;
+        gb.address(LAN_IF, self.gw_b.lan, 24).await?;
+        ha.address(HOST_IF, self.host_a.addr, 24).await?;
+        hb.address(HOST_IF, self.host_b.addr, 24).await?;
+
+        ha.route(Prefix::new(v4(0, 0, 0, 0), 0), self.gw_a.lan)
+            .await?;
+        hb.route(Prefix::new(v4(0, 0, 0, 0), 0), self.gw_b.lan)
+            .await?;
+        ga.route(self.gw_b.site, self.gw_b.wan).await?;
+        gb.route(self.gw_a.site, self.gw_a.wan).await?;
+
+        for gw in [&self.gw_a, &self.gw_b] {
+            gw.netns.write_sysctl("net/ipv4/ip_forward", "1")?;
+        }
+        // Dropping the connections aborts their tasks.
+        Ok(())
+    }
+
+    /// Deletes the namespaces, attempting every one and reporting every
+    /// error.
+    pub fn teardown(mut self) -> Result<(), TeardownError> {
+        self.delete_all()
+    }
+
+    fn delete_all(&mut self) -> Result<(), TeardownError> {
+        let errors: Vec<NetnsError> = self
+            .created
+            .drain(..)
+            .filter_map(|name| Netns::delete_named(&name).err())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(TeardownError {
+                prefix: self.prefix.clone(),
+                errors,
+            })
+        }
+    }
+
+    /// The namespace names, in creation order (for `ip netns exec`).
+    pub fn namespaces(&self) -> Vec<&str> {
+        vec![
+            &self.gw_a.name,
+            &self.gw_b.name,
+            &self.host_a.name,
+            &self.host_b.name,
+        ]
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if let Err(e) = self.delete_all() {
+            // Drop cannot return errors; say what is left behind.
+            tracing::error!("{e}");
+            eprintln!("{e}");
+        }
+    }
+}
+
+/// An rtnetlink connection opened inside one namespace; its connection task
+/// is aborted when it is dropped, on success and error paths alike.
+struct Rtnl {
+    prefix: String,
+    netns: Netns,
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Rtnl {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Rtnl {
+    async fn open(prefix: &str, netns: &Netns) -> Result<Self, TestbedError> {
+        let runtime = tokio::runtime::Handle::current();
+        // The socket must be created inside the namespace; registering it
+        // with the reactor needs the runtime context on that thread.
+        let (connection, handle, _) = netns
+            .run(move || {
+                let _enter = runtime.enter();
+                rtnetlink::new_connection()
+            })?
+            .map_err(|source| TestbedError::Connect {
+                prefix: prefix.to_string(),
+                netns: netns.describe(),
+                source,
+            })?;
+        Ok(Self {
+            prefix: prefix.to_string(),
+            netns: netns.clone(),
+            handle,
+            task: tokio::spawn(connection),
+        })
+    }
+
+    fn fail(&self, step: String) -> impl FnOnce(rtnetlink::Error) -> TestbedError + '_ {
+        move |source| TestbedError::Rtnetlink {
+            prefix: self.prefix.clone(),
+            netns: self.netns.describe(),
+            step,
+            source,
+        }
+    }
+
+    async fn index(&self, name: &str) -> Result<u32, TestbedError> {
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+            .map_err(self.fail(format!("look up {name}")))?;
+        link.map(|l| l.header.index)
+            .ok_or_else(|| TestbedError::NoSuchLink {
+                prefix: self.prefix.clone(),
+                netns: self.netns.describe(),
+                name: name.to_string(),
+            })
+    }
+
+    async fn veth(&self, name: &str, peer: &str, peer_netns: &Netns) -> Result<(), TestbedError> {
+        let Netns::Path(path) = peer_netns else {
+            unreachable!("testbed namespaces are always named");
+        };
+        let peer_ns = std::fs::File::open(path).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .setns_by_fd(peer_ns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(self.fail(format!("create veth {name}/{peer}")))?;
+        // The kernel has taken its own reference to the namespace by now.
+        drop(peer_ns);
+        Ok(())
+    }
+
+    async fn up(&self, name: &str) -> Result<(), TestbedError> {
+        let index = self.index(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(self.fail(format!("set {name} up")))
+    }
+
+    async fn address(&self, name: &str, addr: IpAddr, len: u8) -> Result<(), TestbedError> {
+        let index = self.index(name).await?;
+        self.handle
+            .address()
+            .add(index, addr, len)
+            .execute()
+            .await
+            .map_err(self.fail(format!("add {addr}/{len} to {name}")))
+    }
+
+    async fn route(&self, dst: Prefix, via: IpAddr) -> Result<(), TestbedError> {
+        let (IpAddr::V4(d), IpAddr::V4(g)) = (dst.addr, via) else {
+            unreachable!("the testbed is IPv4");
+        };
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d, dst.len)
+            .gateway(g)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(self.fail(format!("add route {dst} via {via}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_unique_per_call() {
+        let a = Testbed::unique_prefix("t");
+        let b = Testbed::unique_prefix("t");
+        assert_ne!(a, b);
+        assert!(a.starts_with("qkd-t-"));
+    }
+}
