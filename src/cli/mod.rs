@@ -1,5 +1,6 @@
-//! Command-line entry points. Each command is a clap struct with `exec()`;
-//! this module only parses and dispatches. `anyhow` is used here and not below.
+//! Command-line entry points. Each command is a clap struct with `exec()`
+//! in a file of its own (`src/cli/<command>.rs`); this module only parses
+//! and dispatches. `anyhow` is used here and not below.
 
 use std::process::ExitCode;
 
