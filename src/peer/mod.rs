@@ -135,6 +135,13 @@ pub mod listener;
 mod session;
 mod transport;
 
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+mod loopback_tests;
+#[cfg(test)]
+mod test_rig;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;

@@ -106,10 +106,9 @@ mod tests {
                 _: &mut std::task::Context<'_>,
                 out: &mut tokio::io::ReadBuf<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                use std::io::Read;
                 let n = self.1.min(out.remaining());
                 let mut tmp = vec![0u8; n];
-                let got = self.0.read(&mut tmp)?;
+                let got = std::io::Read::read(&mut self.0, &mut tmp)?;
                 out.put_slice(&tmp[..got]);
                 std::task::Poll::Ready(Ok(()))
             }
