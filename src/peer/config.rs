@@ -11,6 +11,12 @@ use super::frame::FrameLimits;
 use super::handshake::valid_name;
 use crate::keys::Role;
 
+/// Smallest configurable payload limit: every upper-layer message fits.
+const MIN_LIMIT: u32 = 1024;
+/// Largest configurable payload limit: one frame is buffered whole, so this
+/// bounds the memory one authenticated peer can make this side hold.
+const MAX_LIMIT: u32 = 256 << 20;
+
 /// Capped exponential backoff with jitter for the dialer's reconnects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -38,10 +44,7 @@ impl Backoff {
     /// lockstep, yet the delay never collapses to zero.
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
         let doublings = attempt.saturating_sub(1).min(31);
-        let d = self
-            .initial
-            .saturating_mul(1u32 << doublings)
-            .min(self.max);
+        let d = self.initial.saturating_mul(1u32 << doublings).min(self.max);
         d / 2 + d.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
     }
 }
@@ -89,22 +92,55 @@ impl LinkConfig {
     pub fn validate(&self) -> Result<(), PeerError> {
         let bad = |field: &'static str, why: String| Err(PeerError::Config { field, why });
         if !valid_name(&self.local_name) {
-            return bad("local_name", format!("{:?} is not a valid gateway name (1-64 of A-Z a-z 0-9 . _ -)", self.local_name));
+            return bad(
+                "local_name",
+                format!(
+                    "{:?} is not a valid gateway name (1-64 of A-Z a-z 0-9 . _ -)",
+                    self.local_name
+                ),
+            );
         }
         if !valid_name(&self.peer_name) {
-            return bad("peer_name", format!("{:?} is not a valid gateway name (1-64 of A-Z a-z 0-9 . _ -)", self.peer_name));
+            return bad(
+                "peer_name",
+                format!(
+                    "{:?} is not a valid gateway name (1-64 of A-Z a-z 0-9 . _ -)",
+                    self.peer_name
+                ),
+            );
         }
         if self.local_name == self.peer_name {
-            return bad("peer_name", "equals local_name; the two gateways need distinct names".into());
+            return bad(
+                "peer_name",
+                "equals local_name; the two gateways need distinct names".into(),
+            );
         }
         if self.idle_timeout <= self.keepalive_interval {
-            return bad("idle_timeout", format!("{:?} must exceed keepalive_interval {:?}", self.idle_timeout, self.keepalive_interval));
+            return bad(
+                "idle_timeout",
+                format!(
+                    "{:?} must exceed keepalive_interval {:?}",
+                    self.idle_timeout, self.keepalive_interval
+                ),
+            );
         }
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout", "must be positive".into());
         }
         if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
             return bad("backoff", "initial must be positive and at most max".into());
+        }
+        for (field, v) in [
+            ("limits.fibre", self.limits.fibre),
+            ("limits.qkd", self.limits.qkd),
+            ("limits.control", self.limits.control),
+        ] {
+            if !(MIN_LIMIT..=MAX_LIMIT).contains(&v) {
+                return bad(
+                    field,
+                    format!("{v} bytes is outside {MIN_LIMIT}..={MAX_LIMIT}"),
+                );
+            }
         }
         if self.queue_depth == 0 {
             return bad("queue_depth", "must be at least 1".into());
@@ -156,10 +192,28 @@ mod tests {
         let mut c = LinkConfig::new("gw-a", "gw-b", Role::Transmitter);
         c.validate().unwrap();
         c.idle_timeout = c.keepalive_interval;
-        assert!(matches!(c.validate(), Err(PeerError::Config { field: "idle_timeout", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(PeerError::Config {
+                field: "idle_timeout",
+                ..
+            })
+        ));
         let c = LinkConfig::new("gw a", "gw-b", Role::Transmitter);
-        assert!(matches!(c.validate(), Err(PeerError::Config { field: "local_name", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(PeerError::Config {
+                field: "local_name",
+                ..
+            })
+        ));
         let c = LinkConfig::new("gw-a", "gw-a", Role::Receiver);
-        assert!(matches!(c.validate(), Err(PeerError::Config { field: "peer_name", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(PeerError::Config {
+                field: "peer_name",
+                ..
+            })
+        ));
     }
 }

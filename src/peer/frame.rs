@@ -91,7 +91,8 @@ impl FrameType {
 }
 
 /// Largest payload accepted per frame type. Checked on the header, before
-/// the body is read.
+/// the body is read. Both gateways must use the same values: a sender that
+/// allows more than its peer gets its session dropped by an oversized frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLimits {
     /// Simulated fibre batches (per-pulse records).
@@ -126,8 +127,9 @@ impl FrameLimits {
         }
     }
 
-    /// Limits that only admit handshake frames' sizes, for unauthenticated
-    /// connections (every other type is refused by the caller anyway).
+    /// Limits for unauthenticated connections: data frames may have no body.
+    /// Link frames (≤ 8 KiB) still pass the size check and are refused by
+    /// type right after, so a pending handshake buffers at most 8 KiB.
     pub fn handshake_only() -> Self {
         Self {
             fibre: 0,
@@ -342,7 +344,10 @@ impl Sealer {
 
     /// Encodes and tags an authenticated frame.
     pub fn seal(&mut self, frame_type: FrameType, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
-        assert!(frame_type.is_authenticated(), "{frame_type:?} is not sealed");
+        assert!(
+            frame_type.is_authenticated(),
+            "{frame_type:?} is not sealed"
+        );
         // u64::MAX is never used so that `next_seq + 1` cannot overflow on
         // the receiving side either.
         if self.next_seq == u64::MAX {

@@ -97,10 +97,7 @@ fn rekey_keeps_the_sequence() {
     o.open(&frame_of(&a)).unwrap();
     s.rekey(key(9));
     let b = s.seal(FrameType::Qkd, b"b").unwrap();
-    assert!(matches!(
-        o.open(&frame_of(&b)),
-        Err(FrameError::BadMac(_))
-    ));
+    assert!(matches!(o.open(&frame_of(&b)), Err(FrameError::BadMac(_))));
     o.rekey(key(9));
     o.open(&frame_of(&b)).unwrap();
     assert_eq!(o.next_seq(), 3);

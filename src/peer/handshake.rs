@@ -84,7 +84,9 @@ pub enum HandshakeError {
     BadConfirmation,
     #[error("handshake timed out")]
     Timeout,
-    #[error("connection closed during the handshake")]
+    #[error(
+        "connection closed during the handshake (a peer that refuses a handshake closes it and logs why: unknown gateway names or channel-key epoch)"
+    )]
     Closed,
     #[error("socket error during the handshake: {0}")]
     Io(#[from] std::io::Error),
@@ -325,7 +327,10 @@ impl DialerHandshake {
         let context = SessionContext {
             dialer_nonce: self.nonce,
             acceptor_nonce,
-            transcript: transcript(&self.hello_frame, &reply_bytes[..reply_bytes.len() - TAG_LEN]),
+            transcript: transcript(
+                &self.hello_frame,
+                &reply_bytes[..reply_bytes.len() - TAG_LEN],
+            ),
         };
         let (kca, kcd) = confirm_keys(channel_key, &context);
         confirmation(&kca, &context.transcript)

@@ -67,8 +67,7 @@ fn fresh_nonces_give_fresh_keys_and_epochs_separate_keys() {
     let one = run(&k, &k, (1, 2)).0.unwrap();
     let two = run(&k, &k, (1, 3)).0.unwrap();
     assert!(
-        !one
-            .keys
+        !one.keys
             .dialer_to_acceptor
             .ct_eq(&two.keys.dialer_to_acceptor)
     );
@@ -78,7 +77,10 @@ fn fresh_nonces_give_fresh_keys_and_epochs_separate_keys() {
 
 #[test]
 fn dialer_with_the_wrong_key_is_refused_by_the_acceptor_confirmation() {
-    let (good, bad) = (SecretBytes::random(32).unwrap(), SecretBytes::random(32).unwrap());
+    let (good, bad) = (
+        SecretBytes::random(32).unwrap(),
+        SecretBytes::random(32).unwrap(),
+    );
     let (d, _) = run(&bad, &good, (1, 2));
     assert!(matches!(d, Err(HandshakeError::BadConfirmation)));
 }

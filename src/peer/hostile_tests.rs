@@ -85,7 +85,12 @@ async fn hostile_clients_are_dropped_counted_and_the_peer_still_connects() {
     // Garbage.
     closed_by_server(send_raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await).await;
     // Oversized length: a header announcing 4 GiB.
-    let huge = FrameHeader { frame_type: FrameType::Hello, len: u32::MAX, seq: 0 }.to_bytes();
+    let huge = FrameHeader {
+        frame_type: FrameType::Hello,
+        len: u32::MAX,
+        seq: 0,
+    }
+    .to_bytes();
     closed_by_server(send_raw(addr, &huge).await).await;
     // A data frame instead of a Hello.
     closed_by_server(send_raw(addr, &encode_plain(FrameType::Fibre, &[])).await).await;
@@ -116,7 +121,11 @@ async fn hostile_clients_are_dropped_counted_and_the_peer_still_connects() {
     })
     .await;
     assert!(l.counters().handshake_timeouts >= 1);
-    assert_eq!(rx.handle.counters().auth_failures, 0, "link not yet identified");
+    assert_eq!(
+        rx.handle.counters().auth_failures,
+        0,
+        "link not yet identified"
+    );
 
     // Forged with the wrong key: the reply does not verify, the made-up
     // Finish is refused.
@@ -160,7 +169,10 @@ async fn hostile_clients_are_dropped_counted_and_the_peer_still_connects() {
         CancellationToken::new(),
     );
     tx.handle.wait_connected().await.unwrap();
-    tx.handle.send(Stream::Qkd, Bytes::from_static(b"legit")).await.unwrap();
+    tx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"legit"))
+        .await
+        .unwrap();
     assert_eq!(recv(&mut rx.rx.qkd).await.payload, &b"legit"[..]);
     tx.stop().await;
     rx.stop().await;
@@ -207,7 +219,10 @@ async fn replayed_frame_in_the_path_drops_the_session_and_the_link_recovers() {
     });
     let (tx, mut rx) = through_proxy(&g, tamper).await;
     tx.handle.wait_connected().await.unwrap();
-    tx.handle.send(Stream::Qkd, Bytes::from_static(b"once")).await.unwrap();
+    tx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"once"))
+        .await
+        .unwrap();
     assert_eq!(recv(&mut rx.rx.qkd).await.payload, &b"once"[..]);
     eventually("replay counted", || rx.handle.counters().replays == 1).await;
     // The dialer reconnects (second connection, untouched) and carries on.
@@ -215,10 +230,16 @@ async fn replayed_frame_in_the_path_drops_the_session_and_the_link_recovers() {
     let s = tx.handle.wait_connected().await.unwrap();
     assert_eq!(s.session, 2);
     rx.handle.wait_connected().await.unwrap();
-    tx.handle.send(Stream::Qkd, Bytes::from_static(b"twice?")).await.unwrap();
+    tx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"twice?"))
+        .await
+        .unwrap();
     let got = recv(&mut rx.rx.qkd).await;
     assert_eq!(got.payload, &b"twice?"[..]);
-    assert!(rx.rx.qkd.try_recv().is_err(), "the replay was not delivered");
+    assert!(
+        rx.rx.qkd.try_recv().is_err(),
+        "the replay was not delivered"
+    );
     tx.stop().await;
     rx.stop().await;
 }
@@ -242,18 +263,33 @@ async fn altered_control_frame_fails_its_mac_but_rewritten_fibre_passes() {
     let (tx, mut rx) = through_proxy(&g, tamper).await;
     tx.handle.wait_connected().await.unwrap();
     rx.handle.wait_connected().await.unwrap();
-    tx.handle.send(Stream::Fibre, Bytes::from_static(&[0x0F; 8])).await.unwrap();
+    tx.handle
+        .send(Stream::Fibre, Bytes::from_static(&[0x0F; 8]))
+        .await
+        .unwrap();
     let pulses = recv(&mut rx.rx.fibre).await;
     assert_eq!(pulses.payload, &[0xF0; 8][..], "fibre is Eve's to change");
     assert_eq!(rx.handle.counters().auth_failures, 0);
-    tx.handle.send(Stream::Control, Bytes::from_static(b"install SA")).await.unwrap();
-    eventually("MAC failure counted", || rx.handle.counters().auth_failures == 1).await;
-    assert!(rx.rx.control.try_recv().is_err(), "altered control frame not delivered");
+    tx.handle
+        .send(Stream::Control, Bytes::from_static(b"install SA"))
+        .await
+        .unwrap();
+    eventually("MAC failure counted", || {
+        rx.handle.counters().auth_failures == 1
+    })
+    .await;
+    assert!(
+        rx.rx.control.try_recv().is_err(),
+        "altered control frame not delivered"
+    );
     eventually("reconnected", || tx.handle.counters().reconnects == 1).await;
     let s = tx.handle.wait_connected().await.unwrap();
     assert!(s.session >= 2);
     rx.handle.wait_connected().await.unwrap();
-    tx.handle.send(Stream::Control, Bytes::from_static(b"install SA")).await.unwrap();
+    tx.handle
+        .send(Stream::Control, Bytes::from_static(b"install SA"))
+        .await
+        .unwrap();
     assert_eq!(recv(&mut rx.rx.control).await.payload, &b"install SA"[..]);
     tx.stop().await;
     rx.stop().await;
@@ -278,9 +314,16 @@ async fn frames_lost_with_a_session_are_not_resent_on_the_next() {
     eventually("second session", || tx.handle.counters().sessions == 2).await;
     tx.handle.wait_connected().await.unwrap();
     rx.handle.wait_connected().await.unwrap();
-    tx.handle.send(Stream::Qkd, Bytes::from_static(b"new")).await.unwrap();
+    tx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"new"))
+        .await
+        .unwrap();
     let got = recv(&mut rx.rx.qkd).await;
-    assert_eq!(got.payload, &b"new"[..], "the first session's frame was lost, not resent");
+    assert_eq!(
+        got.payload,
+        &b"new"[..],
+        "the first session's frame was lost, not resent"
+    );
     tx.stop().await;
     rx.stop().await;
 }

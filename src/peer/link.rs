@@ -8,7 +8,7 @@
 //! `CancellationToken` is cancelled.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use super::frame::{FrameLimits, Split, split_frame};
 use super::handshake::{DialerHandshake, HandshakeError, Hello, fresh_nonce};
 use super::listener::{PeerListener, RouteGuard};
 use super::session::{self, AuthenticatedConn, SessionEnd};
+use super::status::{CounterSnapshot, LinkCounters, LinkState, SessionInfo};
 use super::transport::{ReadError, read_frame};
 use super::{Inbound, PeerError, Stream};
 use crate::keys::Role;
@@ -36,103 +37,6 @@ pub enum Endpoint {
     Dial(SocketAddr),
     /// Receiver: take connections from this listener.
     Accept(PeerListener),
-}
-
-/// The facts of the current session.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionInfo {
-    /// Increases with every new session of this link, from 1.
-    pub session: u64,
-    /// Channel-key epoch in use (0 = bootstrap secret).
-    pub epoch: u64,
-    pub remote: SocketAddr,
-}
-
-/// Connection state, published on a `watch` channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkState {
-    /// No session. `attempts` counts failed dials since the last session
-    /// (always 0 on the accepting side).
-    Disconnected {
-        attempts: u32,
-        last_error: Option<String>,
-    },
-    Connected(SessionInfo),
-    /// The link task has ended (cancelled).
-    Stopped,
-}
-
-/// Lifetime counters of a link (relaxed atomics; read with
-/// [`LinkCounters::snapshot`]).
-#[derive(Debug, Default)]
-pub struct LinkCounters {
-    /// Frames delivered / sent per [`Stream`] (indexed by [`Stream::index`]).
-    pub frames_in: [AtomicU64; 3],
-    pub frames_out: [AtomicU64; 3],
-    /// Wire bytes of delivered / sent frames, link frames included on send.
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    /// Handshake confirmations or frame MACs that failed.
-    pub auth_failures: AtomicU64,
-    /// Authentic frames with the wrong sequence number.
-    pub replays: AtomicU64,
-    /// Malformed or unexpected frames inside a session.
-    pub protocol_errors: AtomicU64,
-    /// Handshakes for this link that failed for any reason.
-    pub handshake_failures: AtomicU64,
-    /// Sessions established.
-    pub sessions: AtomicU64,
-    /// Sessions established after the first (reconnects).
-    pub reconnects: AtomicU64,
-    /// Dial attempts that failed (dialer).
-    pub connect_failures: AtomicU64,
-    /// Completed channel-key switches.
-    pub key_switches: AtomicU64,
-    /// Queued frames discarded because their session had ended.
-    pub stale_dropped: AtomicU64,
-    /// Received frames nobody was listening for.
-    pub undeliverable: AtomicU64,
-}
-
-/// A copy of [`LinkCounters`] at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CounterSnapshot {
-    pub frames_in: [u64; 3],
-    pub frames_out: [u64; 3],
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub auth_failures: u64,
-    pub replays: u64,
-    pub protocol_errors: u64,
-    pub handshake_failures: u64,
-    pub sessions: u64,
-    pub reconnects: u64,
-    pub connect_failures: u64,
-    pub key_switches: u64,
-    pub stale_dropped: u64,
-    pub undeliverable: u64,
-}
-
-impl LinkCounters {
-    pub fn snapshot(&self) -> CounterSnapshot {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CounterSnapshot {
-            frames_in: self.frames_in.each_ref().map(g),
-            frames_out: self.frames_out.each_ref().map(g),
-            bytes_in: g(&self.bytes_in),
-            bytes_out: g(&self.bytes_out),
-            auth_failures: g(&self.auth_failures),
-            replays: g(&self.replays),
-            protocol_errors: g(&self.protocol_errors),
-            handshake_failures: g(&self.handshake_failures),
-            sessions: g(&self.sessions),
-            reconnects: g(&self.reconnects),
-            connect_failures: g(&self.connect_failures),
-            key_switches: g(&self.key_switches),
-            stale_dropped: g(&self.stale_dropped),
-            undeliverable: g(&self.undeliverable),
-        }
-    }
 }
 
 /// A payload waiting to be sent, stamped with the session it was meant for.
@@ -205,7 +109,12 @@ pub struct PeerHandle {
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Outbound(session {}, {} bytes)", self.session, self.payload.len())
+        write!(
+            f,
+            "Outbound(session {}, {} bytes)",
+            self.session,
+            self.payload.len()
+        )
     }
 }
 
@@ -309,9 +218,17 @@ impl PeerLink {
         let (in_tx, in_rx): (Vec<_>, Vec<_>) = (0..3).map(|_| mpsc::channel(depth)).unzip();
         let (out_tx, out_rx): (Vec<_>, Vec<_>) = (0..3).map(|_| mpsc::channel(depth)).unzip();
         let [fibre, qkd, control] = <[_; 3]>::try_from(in_rx).expect("three");
-        let receivers = PeerReceivers { fibre, qkd, control };
+        let receivers = PeerReceivers {
+            fibre,
+            qkd,
+            control,
+        };
         let [fibre, qkd, control] = <[_; 3]>::try_from(out_rx).expect("three");
-        let queues = OutboundQueues { fibre, qkd, control };
+        let queues = OutboundQueues {
+            fibre,
+            qkd,
+            control,
+        };
         let (req_tx, req_rx) = mpsc::channel(4);
         let (state_tx, state_rx) = watch::channel(LinkState::Disconnected {
             attempts: 0,
@@ -351,10 +268,16 @@ impl PeerLink {
                 tracker.spawn(async move { tasks.run_acceptor(rx, guard).await });
             }
             (role @ Role::Transmitter, _) => {
-                return Err(PeerError::WrongEndpoint { role, needed: "Dial" });
+                return Err(PeerError::WrongEndpoint {
+                    role,
+                    needed: "Dial",
+                });
             }
             (role @ Role::Receiver, _) => {
-                return Err(PeerError::WrongEndpoint { role, needed: "Accept" });
+                return Err(PeerError::WrongEndpoint {
+                    role,
+                    needed: "Accept",
+                });
             }
         }
         Ok((handle, receivers))
@@ -373,7 +296,8 @@ impl LinkTask {
     async fn run_dialer(&mut self, addr: SocketAddr) {
         let mut attempts = 0u32;
         while !self.cancel.is_cancelled() {
-            let dial = tokio::time::timeout(self.shared.cfg.handshake_timeout, dial(&self.shared, addr));
+            let dial =
+                tokio::time::timeout(self.shared.cfg.handshake_timeout, dial(&self.shared, addr));
             let outcome = tokio::select! {
                 () = self.cancel.cancelled() => break,
                 r = dial => r.unwrap_or(Err(HandshakeError::Timeout)),
@@ -384,17 +308,33 @@ impl LinkTask {
                     let end = self.run_sessions(conn, None).await;
                     // A session that dies at once does not reset the
                     // backoff, so a peer that keeps failing is not hammered.
-                    attempts = if started.elapsed() > self.shared.cfg.backoff.max { 1 } else { attempts + 1 };
+                    attempts = if started.elapsed() > self.shared.cfg.backoff.max {
+                        1
+                    } else {
+                        attempts + 1
+                    };
                     end
                 }
                 Err(e) => {
                     attempts = attempts.saturating_add(1);
-                    self.shared.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    if !matches!(e, HandshakeError::Io(_) | HandshakeError::Timeout | HandshakeError::Closed) {
-                        self.shared.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    if !matches!(
+                        e,
+                        HandshakeError::Io(_) | HandshakeError::Timeout | HandshakeError::Closed
+                    ) {
+                        self.shared
+                            .counters
+                            .handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     if e.is_auth_failure() {
-                        self.shared.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .counters
+                            .auth_failures
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     tracing::warn!(peer = %self.shared.cfg.peer_name, %addr, attempt = attempts, error = %e, "cannot reach the peer");
                     Some(e.to_string())
@@ -403,8 +343,15 @@ impl LinkTask {
             if self.cancel.is_cancelled() {
                 break;
             }
-            self.shared.state.send_replace(LinkState::Disconnected { attempts, last_error });
-            let delay = self.shared.cfg.backoff.delay(attempts, rand::random::<f64>());
+            self.shared.state.send_replace(LinkState::Disconnected {
+                attempts,
+                last_error,
+            });
+            let delay = self
+                .shared
+                .cfg
+                .backoff
+                .delay(attempts, rand::random::<f64>());
             if !self.idle_for(delay).await {
                 break;
             }
@@ -427,7 +374,10 @@ impl LinkTask {
             if self.cancel.is_cancelled() {
                 break;
             }
-            self.shared.state.send_replace(LinkState::Disconnected { attempts: 0, last_error });
+            self.shared.state.send_replace(LinkState::Disconnected {
+                attempts: 0,
+                last_error,
+            });
         }
         self.shared.state.send_replace(LinkState::Stopped);
     }
@@ -450,7 +400,11 @@ impl LinkTask {
             if c.sessions.fetch_add(1, Ordering::Relaxed) > 0 {
                 c.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-            let info = SessionInfo { session: id, epoch: conn.established.epoch, remote: conn.remote };
+            let info = SessionInfo {
+                session: id,
+                epoch: conn.established.epoch,
+                remote: conn.remote,
+            };
             tracing::info!(peer = %self.shared.cfg.peer_name, session = id, epoch = info.epoch, remote = %info.remote, "peer session up");
             self.shared.state.send_replace(LinkState::Connected(info));
             let end = session::run(
@@ -493,7 +447,9 @@ impl LinkTask {
         .await;
         match r {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(%peer, epoch, error = %e, "could not update the channel-key record; retried at the next handshake"),
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, epoch, error = %e, "could not update the channel-key record; retried at the next handshake")
+            }
             Err(e) => tracing::warn!(%peer, error = %e, "channel-key record update did not run"),
         }
     }
@@ -543,7 +499,12 @@ async fn dial(shared: &LinkShared, addr: SocketAddr) -> Result<AuthenticatedConn
         hs.on_reply(&raw, key)?
     };
     stream.write_all(&finish).await?;
-    Ok(AuthenticatedConn { stream, buffered: buf, established, remote: addr })
+    Ok(AuthenticatedConn {
+        stream,
+        buffered: buf,
+        established,
+        remote: addr,
+    })
 }
 
 /// Reads one handshake-sized frame, mapping read failures to handshake

@@ -83,14 +83,15 @@ impl LinkMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyPool, KeyUse, Role, BlockId};
+    use crate::keys::{BlockId, KeyPool, KeyUse, Role};
     use crate::peer::frame::MAX_LINK_PAYLOAD;
     use crate::secret::SecretBytes;
 
     #[test]
     fn roundtrip_and_rejects() {
         let mut pool = KeyPool::new(Role::Transmitter);
-        pool.append(BlockId(1), SecretBytes::from_slice(&[9; 128])).unwrap();
+        pool.append(BlockId(1), SecretBytes::from_slice(&[9; 128]))
+            .unwrap();
         let (key_ref, _) = pool.take(KeyUse::Channel, 32).unwrap();
         for m in [
             LinkMessage::Ping,

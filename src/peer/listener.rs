@@ -26,8 +26,9 @@ use super::channel_key::ChannelKeyStore;
 use super::config::ListenerConfig;
 use super::frame::{FrameLimits, Split, split_frame};
 use super::handshake::{AcceptorHandshake, HandshakeError, Hello, fresh_nonce};
-use super::link::{LinkCounters, LinkShared, read_handshake_frame};
+use super::link::{LinkShared, read_handshake_frame};
 use super::session::AuthenticatedConn;
+use super::status::LinkCounters;
 
 /// Counters of the listener itself (connections before a link is known).
 #[derive(Debug, Default)]
@@ -234,10 +235,17 @@ type Failure = (HandshakeError, Option<Arc<LinkCounters>>);
 
 /// The acceptor's handshake; on success the connection is handed to the
 /// link. On failure, returns the link's counters once the link is known.
-async fn handshake(inner: &Inner, mut stream: TcpStream, remote: SocketAddr) -> Result<(), Failure> {
+async fn handshake(
+    inner: &Inner,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+) -> Result<(), Failure> {
     let mut buf = BytesMut::new();
-    let hello_bytes = read_handshake_frame(&mut stream, &mut buf).await.map_err(|e| (e, None))?;
-    let Ok(Split::Frame(hello_raw)) = split_frame(&hello_bytes, &FrameLimits::handshake_only()) else {
+    let hello_bytes = read_handshake_frame(&mut stream, &mut buf)
+        .await
+        .map_err(|e| (e, None))?;
+    let Ok(Split::Frame(hello_raw)) = split_frame(&hello_bytes, &FrameLimits::handshake_only())
+    else {
         return Err((HandshakeError::Closed, None));
     };
     let hello = Hello::decode(&hello_raw).map_err(|e| (e, None))?;
@@ -254,7 +262,11 @@ async fn handshake(inner: &Inner, mut stream: TcpStream, remote: SocketAddr) -> 
                     None,
                 )
             })?;
-        (Arc::clone(&route.store), Arc::clone(&route.counters), route.deliver.clone())
+        (
+            Arc::clone(&route.store),
+            Arc::clone(&route.counters),
+            route.deliver.clone(),
+        )
     };
     let fail = |e: HandshakeError| (e, Some(Arc::clone(&counters)));
     let nonce = fresh_nonce().map_err(fail)?;
@@ -272,7 +284,9 @@ async fn handshake(inner: &Inner, mut stream: TcpStream, remote: SocketAddr) -> 
         AcceptorHandshake::respond(&hello_raw, &hello, key, nonce)
     };
     stream.write_all(&reply).await.map_err(|e| fail(e.into()))?;
-    let finish = read_handshake_frame(&mut stream, &mut buf).await.map_err(fail)?;
+    let finish = read_handshake_frame(&mut stream, &mut buf)
+        .await
+        .map_err(fail)?;
     let Ok(Split::Frame(finish_raw)) = split_frame(&finish, &FrameLimits::handshake_only()) else {
         return Err(fail(HandshakeError::Closed));
     };
@@ -284,7 +298,10 @@ async fn handshake(inner: &Inner, mut stream: TcpStream, remote: SocketAddr) -> 
         established,
         remote,
     };
-    deliver.send(Box::new(conn)).await.map_err(|_| fail(HandshakeError::Closed))?;
+    deliver
+        .send(Box::new(conn))
+        .await
+        .map_err(|_| fail(HandshakeError::Closed))?;
     inner.counters.authenticated.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

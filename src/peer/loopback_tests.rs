@@ -42,10 +42,22 @@ async fn all_three_streams_flow_and_the_fibre_only_one_way() {
     assert_eq!(session.epoch, 0, "bootstrap secret first");
     let big = Bytes::from(vec![0xAB; 3 << 20]);
     tx.handle.send(Stream::Fibre, big.clone()).await.unwrap();
-    tx.handle.send(Stream::Qkd, Bytes::from_static(b"sift")).await.unwrap();
-    tx.handle.send(Stream::Control, Bytes::from_static(b"rekey?")).await.unwrap();
-    rx.handle.send(Stream::Qkd, Bytes::from_static(b"parities")).await.unwrap();
-    rx.handle.send(Stream::Control, Bytes::from_static(b"rekey!")).await.unwrap();
+    tx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"sift"))
+        .await
+        .unwrap();
+    tx.handle
+        .send(Stream::Control, Bytes::from_static(b"rekey?"))
+        .await
+        .unwrap();
+    rx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"parities"))
+        .await
+        .unwrap();
+    rx.handle
+        .send(Stream::Control, Bytes::from_static(b"rekey!"))
+        .await
+        .unwrap();
     assert_eq!(recv(&mut rx.rx.fibre).await.payload, big);
     assert_eq!(recv(&mut rx.rx.qkd).await.payload, &b"sift"[..]);
     assert_eq!(recv(&mut rx.rx.control).await.payload, &b"rekey?"[..]);
@@ -54,7 +66,9 @@ async fn all_three_streams_flow_and_the_fibre_only_one_way() {
     assert_eq!(q.session, session.session);
     assert_eq!(recv(&mut tx.rx.control).await.payload, &b"rekey!"[..]);
     assert!(matches!(
-        rx.handle.send(Stream::Fibre, Bytes::from_static(b"x")).await,
+        rx.handle
+            .send(Stream::Fibre, Bytes::from_static(b"x"))
+            .await,
         Err(PeerError::FibreDirection)
     ));
     let too_big = Bytes::from(vec![0; (64 << 10) + 1]);
@@ -82,14 +96,22 @@ async fn switch_to_a_pool_key_survives_restarts_of_both_sides() {
         Err(PeerError::NotSwitchInitiator)
     ));
     assert_eq!(tx.handle.switch_channel_key().await.unwrap(), 1);
-    wait_state(&rx.handle, "acceptor at epoch 1", |s| {
-        matches!(s, LinkState::Connected(i) if i.epoch == 1)
-    })
+    wait_state(
+        &rx.handle,
+        "acceptor at epoch 1",
+        |s| matches!(s, LinkState::Connected(i) if i.epoch == 1),
+    )
     .await;
     assert_eq!(tx.handle.session().unwrap().epoch, 1);
     // The same session goes on under the new keys, both ways.
-    tx.handle.send(Stream::Qkd, Bytes::from_static(b"after")).await.unwrap();
-    rx.handle.send(Stream::Qkd, Bytes::from_static(b"switch")).await.unwrap();
+    tx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"after"))
+        .await
+        .unwrap();
+    rx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"switch"))
+        .await
+        .unwrap();
     assert_eq!(recv(&mut rx.rx.qkd).await.payload, &b"after"[..]);
     assert_eq!(recv(&mut tx.rx.qkd).await.payload, &b"switch"[..]);
     // Both pools gave the same 32 bytes, once each.
@@ -159,7 +181,10 @@ async fn acceptor_refuses_a_dialer_that_lost_its_record() {
         CancellationToken::new(),
     );
     // Never a downgrade to the bootstrap secret: the handshake keeps failing.
-    eventually("dialer retried", || tx.handle.counters().connect_failures >= 3).await;
+    eventually("dialer retried", || {
+        tx.handle.counters().connect_failures >= 3
+    })
+    .await;
     assert!(tx.handle.session().is_none());
     assert_eq!(rx.handle.counters().sessions, 1);
     assert!(l.counters().handshake_failures >= 3);
@@ -185,11 +210,16 @@ async fn dialer_reconnects_after_the_accepting_side_restarts() {
     })
     .await;
     assert!(matches!(
-        tx.handle.send(Stream::Qkd, Bytes::from_static(b"lost")).await,
+        tx.handle
+            .send(Stream::Qkd, Bytes::from_static(b"lost"))
+            .await,
         Err(PeerError::NotConnected)
     ));
     // Let a few dials fail against the closed port.
-    eventually("failed dials", || tx.handle.counters().connect_failures >= 2).await;
+    eventually("failed dials", || {
+        tx.handle.counters().connect_failures >= 2
+    })
+    .await;
     let (l, tracker, cancel) = listener(port).await;
     let mut rx = spawn_side(
         fast_cfg(Role::Receiver),
@@ -203,7 +233,10 @@ async fn dialer_reconnects_after_the_accepting_side_restarts() {
     assert!(again.session > first);
     assert_eq!(tx.handle.counters().reconnects, 1);
     rx.handle.wait_connected().await.unwrap();
-    tx.handle.send(Stream::Qkd, Bytes::from_static(b"back")).await.unwrap();
+    tx.handle
+        .send(Stream::Qkd, Bytes::from_static(b"back"))
+        .await
+        .unwrap();
     let got = recv(&mut rx.rx.qkd).await;
     assert_eq!(got.payload, &b"back"[..]);
     tx.stop().await;

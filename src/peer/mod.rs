@@ -133,6 +133,7 @@ pub mod link;
 pub mod link_message;
 pub mod listener;
 mod session;
+pub mod status;
 mod transport;
 
 #[cfg(test)]
@@ -151,11 +152,9 @@ pub use channel_key::{ChannelKeyPool, ChannelKeyStore};
 pub use config::{Backoff, LinkConfig, ListenerConfig};
 pub use frame::{FrameError, FrameLimits, FrameType, RawFrame, Split, split_frame};
 pub use handshake::HandshakeError;
-pub use link::{
-    CounterSnapshot, Endpoint, LinkCounters, LinkState, PeerHandle, PeerLink, PeerReceivers,
-    SessionInfo,
-};
+pub use link::{Endpoint, PeerHandle, PeerLink, PeerReceivers};
 pub use listener::{ListenerCounters, ListenerSnapshot, PeerListener};
+pub use status::{CounterSnapshot, LinkCounters, LinkState, SessionInfo};
 
 use crate::secret::SecretFileError;
 
@@ -228,14 +227,20 @@ pub enum PeerError {
     #[error("only the QKD transmitter sends on the fibre stream")]
     FibreDirection,
     #[error("payload of {len} bytes exceeds the {stream:?} limit of {max}")]
-    PayloadTooLarge { stream: Stream, len: usize, max: u32 },
+    PayloadTooLarge {
+        stream: Stream,
+        len: usize,
+        max: u32,
+    },
     #[error("the peer link has stopped")]
     Stopped,
     #[error("only the dialer (QKD transmitter) starts a channel-key switch")]
     NotSwitchInitiator,
     #[error("a channel-key switch is already in progress")]
     SwitchInProgress,
-    #[error("the peer refused channel-key epoch {epoch} (its pool does not hold the offered bytes, or it could not record them)")]
+    #[error(
+        "the peer refused channel-key epoch {epoch} (its pool does not hold the offered bytes, or it could not record them)"
+    )]
     SwitchRejected { epoch: u64 },
     #[error("channel-key switch failed: {0}")]
     SwitchFailed(String),

@@ -112,9 +112,7 @@ pub(crate) async fn run(
         established,
         ..
     } = conn;
-    let Established {
-        context, keys, ..
-    } = established;
+    let Established { context, keys, .. } = established;
     let (send_key, recv_key) = keys.for_side(dialer);
     let (reader, writer) = stream.into_split();
     let params = SessionParams {
@@ -154,7 +152,10 @@ enum Switch {
         reply: oneshot::Sender<Result<u64, PeerError>>,
     },
     /// Acceptor: accepted; receive keys change at `KeyActivate`.
-    Accepted { epoch: u64, recv_key: Secret<32> },
+    Accepted {
+        epoch: u64,
+        recv_key: Secret<32>,
+    },
 }
 
 async fn read_half(
@@ -165,7 +166,7 @@ async fn read_half(
     cmds: mpsc::Sender<WriterCmd>,
     requests: &mut mpsc::Receiver<LinkRequest>,
     mut incoming: Option<&mut mpsc::Receiver<Box<AuthenticatedConn>>>,
-    ) -> SessionEnd {
+) -> SessionEnd {
     let limits = p.shared.cfg.limits;
     let idle = p.shared.cfg.idle_timeout;
     let mut switch = Switch::Idle;
@@ -336,7 +337,10 @@ async fn on_link_message(
             }
             let current = p.shared.store_lock().current_epoch();
             if epoch != current + 1 {
-                return Err(violation(p, format!("key offer for epoch {epoch} at epoch {current}")));
+                return Err(violation(
+                    p,
+                    format!("key offer for epoch {epoch} at epoch {current}"),
+                ));
             }
             let (pool, store, ctx) = (
                 Arc::clone(&p.shared.pool),
@@ -345,7 +349,9 @@ async fn on_link_message(
             );
             // Take the referenced bytes and record them before answering.
             let accepted = blocking(move || {
-                let key = pool.accept_channel_key(&key_ref).map_err(|e| e.to_string())?;
+                let key = pool
+                    .accept_channel_key(&key_ref)
+                    .map_err(|e| e.to_string())?;
                 let keys = frame_keys(&key, epoch, &ctx);
                 let mut store = store.lock().map_err(|_| "channel-key lock poisoned")?;
                 store.set_next(key).map_err(|e| e.to_string())?;
@@ -374,10 +380,16 @@ async fn on_link_message(
         }
         (LinkMessage::KeyActivate { epoch }, false) => {
             let Switch::Accepted { epoch: e, .. } = switch else {
-                return Err(violation(p, "key activation without an accepted offer".into()));
+                return Err(violation(
+                    p,
+                    "key activation without an accepted offer".into(),
+                ));
             };
             if *e != epoch {
-                return Err(violation(p, format!("activation of epoch {epoch}, accepted {e}")));
+                return Err(violation(
+                    p,
+                    format!("activation of epoch {epoch}, accepted {e}"),
+                ));
             }
             let Switch::Accepted { recv_key, .. } = std::mem::replace(switch, Switch::Idle) else {
                 unreachable!()
@@ -402,7 +414,10 @@ async fn on_link_message(
                 return Err(violation(p, "key acceptance without an offer".into()));
             };
             if *e != epoch {
-                return Err(violation(p, format!("acceptance of epoch {epoch}, offered {e}")));
+                return Err(violation(
+                    p,
+                    format!("acceptance of epoch {epoch}, offered {e}"),
+                ));
             }
             let Switch::Offered { key, reply, .. } = std::mem::replace(switch, Switch::Idle) else {
                 unreachable!()
@@ -435,7 +450,10 @@ async fn on_link_message(
                 return Err(violation(p, "key rejection without an offer".into()));
             };
             if *e != epoch {
-                return Err(violation(p, format!("rejection of epoch {epoch}, offered {e}")));
+                return Err(violation(
+                    p,
+                    format!("rejection of epoch {epoch}, offered {e}"),
+                ));
             }
             if let Switch::Offered { reply, .. } = std::mem::replace(switch, Switch::Idle) {
                 let _ = reply.send(Err(PeerError::SwitchRejected { epoch }));
@@ -489,7 +507,10 @@ async fn write_half(
                 (f, None, None)
             }
         };
-        writer.write_all(&frame).await.map_err(SessionError::Write)?;
+        writer
+            .write_all(&frame)
+            .await
+            .map_err(SessionError::Write)?;
         last_write = Instant::now();
         if let Some(k) = rekey {
             sealer.rekey(k);

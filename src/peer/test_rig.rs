@@ -126,7 +126,8 @@ pub(crate) fn spawn_side(
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) -> Side {
-    let (handle, rx) = PeerLink::spawn(cfg, endpoint, store, pool, &tracker, cancel.clone()).unwrap();
+    let (handle, rx) =
+        PeerLink::spawn(cfg, endpoint, store, pool, &tracker, cancel.clone()).unwrap();
     Side {
         handle,
         rx,
@@ -140,7 +141,12 @@ pub(crate) async fn wait_state(h: &PeerHandle, what: &str, f: impl Fn(&LinkState
     let mut rx = h.state();
     tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| f(s)))
         .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}; state {:?}", *h.state().borrow()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "timed out waiting for {what}; state {:?}",
+                *h.state().borrow()
+            )
+        })
         .unwrap();
 }
 
@@ -187,7 +193,9 @@ pub(crate) async fn frame_proxy(
                 a = l.accept() => a.unwrap(),
             };
             let index = conns.fetch_add(1, Ordering::SeqCst);
-            let Ok(server) = TcpStream::connect(upstream).await else { continue };
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                continue;
+            };
             let (mut cr, mut cw) = client.into_split();
             let (mut sr, mut sw) = server.into_split();
             let tamper = Arc::clone(&tamper);
