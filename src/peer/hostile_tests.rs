@@ -327,3 +327,50 @@ async fn frames_lost_with_a_session_are_not_resent_on_the_next() {
     tx.stop().await;
     rx.stop().await;
 }
+
+#[tokio::test]
+async fn an_authenticated_newcomer_replaces_the_session_and_the_dialer_takes_it_back() {
+    let g = Gateways::new();
+    let (l, tracker, cancel) = listener("127.0.0.1:0".parse().unwrap()).await;
+    let addr = l.local_addr();
+    let mut rx = spawn_side(
+        fast_cfg(Role::Receiver),
+        Endpoint::Accept(l.clone()),
+        g.store(Role::Receiver),
+        g.pool(Role::Receiver),
+        tracker,
+        cancel,
+    );
+    let tx = spawn_side(
+        fast_cfg(Role::Transmitter),
+        Endpoint::Dial(addr),
+        g.store(Role::Transmitter),
+        g.pool(Role::Transmitter),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    tx.handle.wait_connected().await.unwrap();
+    // Someone holding the key (here: the test) completes a handshake, as a
+    // restarted dialer would while the old connection is half-open.
+    let (_, _, newcomer) = handshake_as_client(addr, &g.bootstrap).await;
+    eventually("acceptor switched to the newcomer", || {
+        rx.handle.counters().sessions >= 2
+    })
+    .await;
+    // The old connection was closed by the acceptor; the dialer redials and
+    // its fresh session replaces the newcomer's.
+    eventually("dialer back", || tx.handle.counters().sessions == 2).await;
+    tx.handle.wait_connected().await.unwrap();
+    eventually("acceptor on the dialer's new session", || {
+        rx.handle.counters().sessions >= 3
+    })
+    .await;
+    tx.handle
+        .send(Stream::Control, Bytes::from_static(b"still here"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx.rx.control).await.payload, &b"still here"[..]);
+    drop(newcomer);
+    tx.stop().await;
+    rx.stop().await;
+}

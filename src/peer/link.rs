@@ -70,8 +70,10 @@ impl LinkShared {
         self.cfg.role == Role::Transmitter
     }
 
-    /// The channel-key record. Held only for short, non-blocking reads on
-    /// runtime threads; writes happen on blocking threads.
+    /// The channel-key record. Runtime threads hold it only for short reads
+    /// (epoch, key derivation); writes (fsync) run on blocking threads, so a
+    /// reader waits at most for one record write, which happens only at a
+    /// key switch or the handshake after one.
     pub fn store_lock(&self) -> MutexGuard<'_, ChannelKeyStore> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }

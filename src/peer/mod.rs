@@ -132,7 +132,7 @@ pub mod handshake;
 pub mod link;
 pub mod link_message;
 pub mod listener;
-mod session;
+pub mod session;
 pub mod status;
 mod transport;
 

@@ -18,8 +18,9 @@ pub struct SessionInfo {
 /// Connection state, published on a `watch` channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkState {
-    /// No session. `attempts` counts failed dials since the last session
-    /// (always 0 on the accepting side).
+    /// No session. `attempts` is the dialer's position in its backoff run
+    /// (failed dials and short-lived sessions since the last session that
+    /// lasted longer than the backoff cap; always 0 on the accepting side).
     Disconnected {
         attempts: u32,
         last_error: Option<String>,
@@ -33,7 +34,8 @@ pub enum LinkState {
 /// [`LinkCounters::snapshot`]).
 #[derive(Debug, Default)]
 pub struct LinkCounters {
-    /// Frames delivered / sent per [`Stream`] (indexed by [`Stream::index`]).
+    /// Frames delivered / sent per [`Stream`](super::Stream) (indexed by
+    /// [`Stream::index`](super::Stream::index)).
     pub frames_in: [AtomicU64; 3],
     pub frames_out: [AtomicU64; 3],
     /// Wire bytes of delivered / sent frames, link frames included on send.
