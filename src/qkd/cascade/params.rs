@@ -246,13 +246,7 @@ pub(crate) fn ceil_log2(x: usize) -> u32 {
     }
 }
 
-/// Binary entropy h(p) = −p·log2 p − (1−p)·log2(1−p), in bits.
-pub fn binary_entropy(p: f64) -> f64 {
-    if p <= 0.0 || p >= 1.0 {
-        return 0.0;
-    }
-    -p * p.log2() - (1.0 - p) * (1.0 - p).log2()
-}
+pub use crate::qkd::estimate::binary_entropy;
 
 /// Reconciliation efficiency f = leaked / (n·h(Q)) (DESIGN.md); 1.0 is the
 /// Shannon limit. Infinite when the QBER is zero and something leaked.

@@ -404,14 +404,16 @@ impl AliceLink {
 
     /// Ends the current block with `cause` and tells Bob.
     fn abort(&mut self, cause: AbortCause, _at: MessageKind) -> Vec<LinkOutput> {
-        let Some(b) = self.block.take() else {
-            return Vec::new();
-        };
-        let msg = LinkMessage::Abort { block: b.id, cause }.encode();
-        let mut report = b.report;
-        report.final_bits = 0;
-        vec![LinkOutput::Send(msg), aborted(report, cause, false)]
+        self.block
+            .take()
+            .map_or_else(Vec::new, |b| abort_and_tell(b.id, b.report, cause))
     }
+}
+
+/// The outputs of a locally decided abort: tell the peer, report it.
+pub(super) fn abort_and_tell(id: u64, report: BlockReport, cause: AbortCause) -> Vec<LinkOutput> {
+    let msg = LinkMessage::Abort { block: id, cause }.encode();
+    vec![LinkOutput::Send(msg), aborted(report, cause, false)]
 }
 
 pub(super) fn aborted(mut report: BlockReport, cause: AbortCause, by_peer: bool) -> LinkOutput {

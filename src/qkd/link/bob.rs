@@ -16,7 +16,7 @@ use crate::qkd::sift::{SiftReply, SiftedKey, bob_sift, report};
 use crate::qkd::verify::{VerifyConfig, VerifyRequest};
 use crate::secret::SecretWords;
 
-use super::alice::aborted;
+use super::alice::{abort_and_tell, aborted};
 use super::messages::{LinkMessage, MessageKind};
 use super::report::{AbortCause, BlockReport};
 use super::{
@@ -351,10 +351,8 @@ impl BobLink {
     }
 
     fn abort(&mut self, cause: AbortCause, _at: MessageKind) -> Vec<LinkOutput> {
-        let Some(b) = self.block.take() else {
-            return Vec::new();
-        };
-        let msg = LinkMessage::Abort { block: b.id, cause }.encode();
-        vec![LinkOutput::Send(msg), aborted(b.report, cause, false)]
+        self.block
+            .take()
+            .map_or_else(Vec::new, |b| abort_and_tell(b.id, b.report, cause))
     }
 }
