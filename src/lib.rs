@@ -18,6 +18,7 @@
 //! Rules: only `xfrm` talks to the kernel's XFRM; only `keys` holds pools;
 //! key bytes live only in [`secret`] types.
 
+pub mod agent;
 pub mod cli;
 pub mod gf2;
 pub mod keys;

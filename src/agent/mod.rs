@@ -1,0 +1,35 @@
+//! The agent: one per gateway. Runs the QKD link with each peer over the
+//! peer channel, keeps the per-peer key pools, and keeps every configured
+//! tunnel keyed through the rekey engines and the XFRM layer.
+//!
+//! Task layout (all owned by one `TaskTracker`, stopped by one
+//! `CancellationToken`):
+//!
+//! * per peer: the peer channel ([`crate::peer::PeerLink`]), a
+//!   [`peer_task::PeerTask`] (pool agreement per session, control dispatch,
+//!   channel-key switches) and a [`qkd_task::QkdTask`] (the QKD link);
+//! * per tunnel: a tunnel task driving its rekey engine;
+//! * one XFRM event listener dispatching expiries and acquires by reqid;
+//! * the status socket, metrics and the systemd watchdog.
+//!
+//! This module wires; it holds no protocol logic of its own.
+
+pub mod control;
+pub mod peer_task;
+pub mod qkd_task;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Link(#[from] crate::qkd::link::LinkError),
+    #[error(transparent)]
+    Xfrm(#[from] crate::xfrm::XfrmError),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
+    #[error(transparent)]
+    Store(#[from] crate::keys::StoreError),
+    #[error("agent task failed: {0}")]
+    Task(String),
+}
