@@ -157,6 +157,7 @@ struct HostileArgs {
     #[arg(long, value_name = "ADDR")]
     target: SocketAddr,
 
+    /// Which bad input to send (described above).
     #[arg(long, value_enum)]
     attack: AttackArg,
 
@@ -245,8 +246,12 @@ impl ProxyArgs {
     async fn run(self) -> anyhow::Result<()> {
         let cfg = self.config()?;
         let proxy = EveProxy::bind(cfg.clone()).await?;
+        let dialled_by = match &self.fraction_file {
+            Some(path) => format!(" (until {} says otherwise)", path.display()),
+            None => String::new(),
+        };
         println!(
-            "eve: listening on {} for the transmitter, forwarding to the receiver at {}; intercepting {:.1} % of pulses",
+            "eve: listening on {} for the transmitter, forwarding to the receiver at {}; intercepting {:.1} % of pulses{dialled_by}",
             proxy.local_addr(),
             cfg.upstream,
             100.0 * cfg.fraction

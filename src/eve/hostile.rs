@@ -154,13 +154,19 @@ impl fmt::Display for HostileOutcome {
 pub async fn run_hostile(plan: &HostilePlan) -> Result<HostileOutcome, EveError> {
     let attack = plan.attack.name();
     let mut rng = SplitMix(plan.seed);
-    let io = |source| EveError::Io { attack, source };
+    let io = |error| EveError::Io { attack, error };
+    if plan.attack == HostileAttack::Replay && plan.recording.is_none() {
+        return Err(EveError::MissingInput {
+            attack,
+            what: "a recording (--recording FILE, made by `qkd-ipsec eve --record FILE`)",
+        });
+    }
     let mut stream = match tokio::time::timeout(plan.wait, TcpStream::connect(plan.target)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
+        Ok(Err(error)) => {
             return Err(EveError::Connect {
                 addr: plan.target,
-                source,
+                error,
             });
         }
         Err(_) => return Err(EveError::ConnectTimeout { addr: plan.target }),
@@ -187,10 +193,7 @@ pub async fn run_hostile(plan: &HostilePlan) -> Result<HostileOutcome, EveError>
             sent += send(&mut stream, &header.to_bytes()).await;
         }
         HostileAttack::Replay => {
-            let rec = plan.recording.as_deref().ok_or(EveError::MissingInput {
-                attack,
-                what: "a recording (--recording FILE, made by `qkd-ipsec eve --record FILE`)",
-            })?;
+            let rec = plan.recording.as_deref().unwrap_or_default();
             sent += send(&mut stream, rec).await;
         }
         HostileAttack::Forged => {

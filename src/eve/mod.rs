@@ -53,17 +53,17 @@ pub use proxy::{EveProxy, InPathTamper, ProxyConfig};
 /// Why Eve could not start or could not carry out an attack.
 #[derive(Debug, Error)]
 pub enum EveError {
-    #[error("cannot listen on {addr}: {source}")]
+    // The io::Error is in the message, not a `source`, so `{:#}` chains
+    // do not print it twice.
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {error}")]
     Connect {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("timed out connecting to {addr}; is the agent listening there?")]
     ConnectTimeout { addr: SocketAddr },
@@ -80,10 +80,9 @@ pub enum EveError {
     },
     #[error("gateway name {0:?} is not valid (1..64 bytes of [A-Za-z0-9._-])")]
     Name(String),
-    #[error("socket error during the {attack} attack: {source}")]
+    #[error("socket error during the {attack} attack: {error}")]
     Io {
         attack: &'static str,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }

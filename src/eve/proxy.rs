@@ -112,9 +112,9 @@ impl EveProxy {
         let dial = FractionDial::new(cfg.fraction)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|source| EveError::Bind {
+            .map_err(|error| EveError::Bind {
                 addr: cfg.listen,
-                source,
+                error,
             })?;
         let shared = Shared {
             record_armed: AtomicBool::new(cfg.record.is_some()),
