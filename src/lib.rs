@@ -13,6 +13,7 @@
 //! | [`gf2`]       | carry-less arithmetic: GF(2^128), Toeplitz middle products (no protocol). |
 //! | [`netns`]     | network namespace handles; running code inside one.             |
 //! | [`testbed`]   | a disposable two-gateway topology in namespaces (tests, demo).  |
+//! | [`eve`]       | the lab attacker: intercept–resend proxy on the fibre stream, hostile peer client. |
 //! | [`cli`]       | command-line entry points; `main.rs` only calls [`cli::main`].  |
 //!
 //! Rules: only `xfrm` talks to the kernel's XFRM; only `keys` holds pools;
@@ -20,6 +21,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod eve;
 pub mod gf2;
 pub mod keys;
 pub mod netns;

@@ -2,6 +2,8 @@
 //! in a file of its own (`src/cli/<command>.rs`); this module only parses
 //! and dispatches. `anyhow` is used here and not below.
 
+mod eve;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,13 +16,17 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    Eve(eve::EveCommand),
+}
 
 /// Parses the command line, runs the command, maps errors to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Eve(cmd) => cmd.exec(),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -134,14 +134,14 @@ pub mod link_message;
 pub mod listener;
 pub mod session;
 pub mod status;
-mod transport;
+pub(crate) mod transport;
 
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
 mod loopback_tests;
 #[cfg(test)]
-mod test_rig;
+pub(crate) mod test_rig;
 
 use std::path::PathBuf;
 

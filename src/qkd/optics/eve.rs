@@ -26,6 +26,11 @@ pub struct InterceptResend {
 impl InterceptResend {
     /// Attacks each non-vacuum pulse with probability `fraction` ∈ [0, 1].
     pub fn new(fraction: f64, noise: NoiseRng) -> Result<Self, OpticsError> {
+        Self::check_fraction(fraction)?;
+        Ok(Self { fraction, noise })
+    }
+
+    fn check_fraction(fraction: f64) -> Result<(), OpticsError> {
         if !(0.0..=1.0).contains(&fraction) {
             return Err(OpticsError::InvalidParameter {
                 name: "eavesdropper.fraction",
@@ -33,11 +38,19 @@ impl InterceptResend {
                 reason: "must lie in [0, 1]",
             });
         }
-        Ok(Self { fraction, noise })
+        Ok(())
     }
 
     pub fn fraction(&self) -> f64 {
         self.fraction
+    }
+
+    /// Changes the attacked fraction from the next pulse on (a lab
+    /// attacker turning her dial); refused outside [0, 1].
+    pub fn set_fraction(&mut self, fraction: f64) -> Result<(), OpticsError> {
+        Self::check_fraction(fraction)?;
+        self.fraction = fraction;
+        Ok(())
     }
 
     /// Rewrites the attacked records of `frame`; returns how many.
