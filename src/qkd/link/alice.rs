@@ -10,6 +10,7 @@ use crate::qkd::auth::{AUTH_KEY_BITS_PER_BLOCK, AUTH_KEY_BYTES_PER_BLOCK, BlockA
 use crate::qkd::auth::{PeerTagCheck, Role, Transcript};
 use crate::qkd::cascade::CascadeResponder;
 use crate::qkd::estimate::{Verdict, finite_key_length, test_basis_check};
+use crate::qkd::optics::frame::MAX_FRAME_RECORDS;
 use crate::qkd::optics::{EmissionLog, Intensity, Source};
 use crate::qkd::sift::{SiftedKey, alice_sift};
 use crate::qkd::verify::VerifyConfig;
@@ -127,8 +128,12 @@ impl AliceLink {
         let want = (self.cfg.target_sifted_bits as u64)
             .saturating_sub(have)
             .max(1);
-        // 5 % more than the expected yield so most blocks need one frame.
+        // 5 % more than the expected yield so most blocks need one frame,
+        // but no more slots than give half the records a frame may carry
+        // (short fibres put a photon in most slots).
+        let record_cap = (MAX_FRAME_RECORDS / 2) as f64 / self.source.nonvacuum_probability();
         let slots = (want as f64 * 1.05 / self.yield_per_slot)
+            .min(record_cap)
             .clamp(1024.0, self.cfg.max_frame_slots as f64) as u32;
         let (frame, log) = self.source.emit(slots)?;
         block.pending = Some(log);

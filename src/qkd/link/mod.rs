@@ -85,7 +85,9 @@ impl BlockConfig {
         let estimate = EstimateParams::new(link.source.intensities, link.source.probabilities);
         Self {
             link,
-            max_frame_slots: 1 << 26,
+            // 2^24 slots: a few MB per frame at 25 km, well inside the
+            // peer channel's fibre frame limit.
+            max_frame_slots: 1 << 24,
             target_sifted_bits,
             cascade: CascadeConfig::default(),
             estimate,
