@@ -13,12 +13,14 @@
 //! | [`gf2`]       | carry-less arithmetic: GF(2^128), Toeplitz middle products (no protocol). |
 //! | [`netns`]     | network namespace handles; running code inside one.             |
 //! | [`testbed`]   | a disposable two-gateway topology in namespaces (tests, demo).  |
+//! | [`config`]    | the gateway's TOML configuration: format, checks, conversions to the layers' types. |
 //! | [`cli`]       | command-line entry points; `main.rs` only calls [`cli::main`].  |
 //!
 //! Rules: only `xfrm` talks to the kernel's XFRM; only `keys` holds pools;
 //! key bytes live only in [`secret`] types.
 
 pub mod cli;
+pub mod config;
 pub mod gf2;
 pub mod keys;
 pub mod netns;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod check_config;
+
 #[derive(Parser, Debug)]
 #[command(name = "qkd-ipsec", version, about = "QKD-to-IPsec key feeder")]
 pub struct Cli {
@@ -14,13 +16,18 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Check a gateway configuration file (and optionally its peer's).
+    CheckConfig(check_config::CheckConfig),
+}
 
 /// Parses the command line, runs the command, maps errors to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::CheckConfig(c) => c.exec(),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
