@@ -204,6 +204,7 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(text: &str) -> Parsed<T> {
         let de = toml::de::Deserializer::from(tree.clone());
         let err = match T::deserialize(de) {
             Ok(value) => {
+                sort_by_location(&mut findings);
                 return Parsed {
                     value: Some(value),
                     findings,
@@ -232,12 +233,18 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(text: &str) -> Parsed<T> {
             break;
         }
     }
+    sort_by_location(&mut findings);
     Parsed {
         value: None,
         findings,
         deleted,
         positions,
     }
+}
+
+/// File order (serde visits keys alphabetically); unlocated ones last.
+pub(crate) fn sort_by_location(findings: &mut [Finding]) {
+    findings.sort_by_key(|f| f.location.unwrap_or((usize::MAX, 0)));
 }
 
 /// Turns serde's wording into an operator's: unknown fields get a
@@ -344,9 +351,10 @@ mod tests {
             ]
         );
         assert!(p.findings[1].message.contains("did you mean `length_km`"));
+        // Serde's order (keys sorted); an array element's error deletes the array.
         assert_eq!(
             p.deleted,
-            ["a", "item[0].lenght_km", "item[1].list", "item[1].bogus"]
+            ["a", "item[0].lenght_km", "item[1].bogus", "item[1].list"]
         );
     }
 

@@ -19,7 +19,7 @@ pub const MAX_PACKETS_WITHOUT_ESN: u64 = u32::MAX as u64;
 #[serde(deny_unknown_fields, default)]
 pub struct LifetimeSection {
     /// Seconds after which the kernel asks for a rekey. Default: halfway
-    /// between `rekey_interval` and `hard_seconds`.
+    /// between `rekey_interval` and `hard_seconds` (and below the latter).
     ///
     /// Example: `soft_seconds = 1200`
     pub soft_seconds: Option<u64>,
@@ -83,7 +83,11 @@ impl LifetimeSection {
         }
         let secs = interval.as_secs();
         let hard_seconds = l.hard_seconds.unwrap_or(3 * secs);
-        let soft_seconds = l.soft_seconds.unwrap_or((secs + hard_seconds) / 2);
+        // Derived soft limits stay below the hard one whatever it is, so a
+        // bad hard limit is reported once, on itself.
+        let soft_seconds = l
+            .soft_seconds
+            .unwrap_or(((secs + hard_seconds) / 2).min(hard_seconds.saturating_sub(1)).max(1));
         let hard_packets = l.hard_packets.or((!esn).then_some(MAX_PACKETS_WITHOUT_ESN));
         let soft_packets = l.soft_packets.or(hard_packets.map(|h| h / 2));
         let hard_bytes = l.hard_bytes;

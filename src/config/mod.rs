@@ -50,6 +50,8 @@
 //! | `forecast` | the key rate a link should give, and what tunnels need |
 
 mod document;
+#[doc(hidden)]
+pub mod error_cases;
 pub mod forecast;
 mod gateway;
 mod lifetime;
@@ -268,6 +270,7 @@ impl Config {
                 finding.location = locator.locate(&finding.path);
             }
         }
+        document::sort_by_location(&mut errors);
         match config {
             Some((gateway, peers, tunnels)) if errors.is_empty() => Ok(Config {
                 file: file.to_path_buf(),
