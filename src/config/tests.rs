@@ -529,3 +529,47 @@ fn the_pair_check_finds_what_one_file_cannot() {
             .contains("does not reach the peer's listener 0.0.0.0:9999")
     );
 }
+
+#[test]
+fn the_systemd_unit_matches_the_config_defaults() {
+    let unit = include_str!("../../deploy/qkd-ipsec.service");
+    let has = |line: &str| unit.lines().any(|l| l.trim() == line);
+    assert!(has(&format!(
+        "LoadCredential={}:{}/{}",
+        crate::keys::POOL_KEY_CREDENTIAL,
+        DEFAULT_CREDENTIALS_SOURCE,
+        crate::keys::POOL_KEY_CREDENTIAL
+    )));
+    let state = Path::new(gateway::DEFAULT_STATE_DIR);
+    assert!(has(&format!(
+        "StateDirectory={}",
+        state.file_name().unwrap().to_str().unwrap()
+    )));
+    let run = Path::new(gateway::DEFAULT_STATUS_SOCKET).parent().unwrap();
+    assert!(has(&format!(
+        "RuntimeDirectory={}",
+        run.file_name().unwrap().to_str().unwrap()
+    )));
+    for line in [
+        "Type=notify",
+        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "AmbientCapabilities=CAP_NET_ADMIN",
+        "RestrictAddressFamilies=AF_NETLINK AF_INET AF_INET6 AF_UNIX",
+        "UMask=0077",
+    ] {
+        assert!(has(line), "{line}");
+    }
+    // Both deploy configs take their secrets from these credentials.
+    for text in [DEPLOY_A, DEPLOY_B] {
+        let c = parse(text).unwrap();
+        assert_eq!(
+            c.gateway.pool_key,
+            SecretLocation::Credential(crate::keys::POOL_KEY_CREDENTIAL.into())
+        );
+        assert_eq!(c.gateway.state_dir, state);
+        assert!(matches!(
+            c.peers[0].bootstrap_secret,
+            SecretLocation::Credential(_)
+        ));
+    }
+}
