@@ -212,8 +212,11 @@ fn summarise_tunnel(t: &Tunnel, out: &mut dyn Write) -> std::io::Result<()> {
     let lim = |v: Option<u64>| v.map_or("unlimited".to_string(), |v| v.to_string());
     writeln!(
         out,
-        "  {:?} mode, reqid {:#x}, {} keying, {}; rekey every {}s (up to {}s early); {} policies",
-        t.mode,
+        "  {} mode, reqid {:#x}, {} keying, {}; rekey every {}s (up to {}s early); {} policies",
+        match t.mode {
+            crate::xfrm::Mode::Tunnel => "tunnel",
+            crate::xfrm::Mode::Transport => "transport",
+        },
         t.reqid,
         t.keying.name(),
         if t.initiator {

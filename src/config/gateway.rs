@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::Findings;
 use super::secrets::SecretLocation;
 use super::values::{self, check_name};
-use crate::netns::Netns;
+use crate::netns::{Netns, NetnsError};
 use crate::xfrm::{Ownership, XfrmError, XfrmMark};
 
 /// Default state directory (systemd's `StateDirectory=qkd-ipsec`).
@@ -203,12 +203,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// The network namespace the XFRM handle should be opened in.
-    pub fn xfrm_netns(&self) -> Netns {
+    /// The network namespace the XFRM handle should be opened in. (The
+    /// name was checked when the file was loaded; an error here means the
+    /// value was changed since, and must not fall back to another
+    /// namespace.)
+    pub fn xfrm_netns(&self) -> Result<Netns, NetnsError> {
         match &self.netns {
-            // Checked by `validate`, so `named` cannot fail here.
-            Some(name) => Netns::named(name).unwrap_or_else(|_| Netns::current()),
-            None => Netns::current(),
+            Some(name) => Netns::named(name),
+            None => Ok(Netns::current()),
         }
     }
 }

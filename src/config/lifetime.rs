@@ -85,9 +85,11 @@ impl LifetimeSection {
         let hard_seconds = l.hard_seconds.unwrap_or(3 * secs);
         // Derived soft limits stay below the hard one whatever it is, so a
         // bad hard limit is reported once, on itself.
-        let soft_seconds = l
-            .soft_seconds
-            .unwrap_or(((secs + hard_seconds) / 2).min(hard_seconds.saturating_sub(1)).max(1));
+        let soft_seconds = l.soft_seconds.unwrap_or(
+            ((secs + hard_seconds) / 2)
+                .min(hard_seconds.saturating_sub(1))
+                .max(1),
+        );
         let hard_packets = l.hard_packets.or((!esn).then_some(MAX_PACKETS_WITHOUT_ESN));
         let soft_packets = l.soft_packets.or(hard_packets.map(|h| h / 2));
         let hard_bytes = l.hard_bytes;

@@ -342,8 +342,8 @@ impl ConfigFile {
         }
         let peers: Option<Vec<Peer>> = peers.into_iter().collect();
         let tunnels: Option<Vec<Tunnel>> = tunnels.into_iter().collect();
-        if let (Some(g), Some(p)) = (&gateway, &peers) {
-            forecast::check_supply(g, p, tunnels.as_deref().unwrap_or(&[]), f);
+        if let Some(p) = &peers {
+            forecast::check_supply(p, tunnels.as_deref().unwrap_or(&[]), f);
         }
         Some((gateway?, peers?, tunnels?))
     }

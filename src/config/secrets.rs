@@ -25,7 +25,7 @@ use crate::secret::{SecretBytes, load_secret_file};
 const CHANNEL_BOOTSTRAP_BYTES: usize = 32;
 
 /// Shortest bootstrap secret accepted: the channel's HMAC key
-/// ([`CHANNEL_BOOTSTRAP_BYTES`]) plus the one-time Wegman–Carter keys of the
+/// (32 bytes, see `CHANNEL_BOOTSTRAP_BYTES`) plus the one-time Wegman–Carter keys of the
 /// first QKD block ([`AUTH_KEY_BYTES_PER_BLOCK`] = 64: Alice's and Bob's
 /// tags). Later blocks are authenticated with key from earlier blocks, so
 /// the bootstrap secret only has to carry the first one. Every block that

@@ -573,3 +573,18 @@ fn the_systemd_unit_matches_the_config_defaults() {
         ));
     }
 }
+
+#[test]
+fn the_module_documentation_example_is_a_valid_file() {
+    let doc = include_str!("mod.rs");
+    let example: String = doc
+        .lines()
+        .skip_while(|l| *l != "//! ```toml")
+        .skip(1)
+        .take_while(|l| *l != "//! ```")
+        .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+        .collect();
+    assert!(example.contains("[[tunnel]]"), "{example}");
+    let c = parse(&example).unwrap();
+    assert_eq!((c.peers.len(), c.tunnels.len()), (1, 1));
+}

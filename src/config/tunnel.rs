@@ -287,7 +287,9 @@ pub fn derived_reqid(name: &str, ownership: &Ownership) -> u32 {
         *ownership.reqids.start() as u64,
         *ownership.reqids.end() as u64,
     );
-    (lo + h % (hi - lo + 1)) as u32
+    // An empty range (refused by validation) maps everything to its start.
+    let span = hi.checked_sub(lo).map_or(1, |d| d + 1);
+    (lo + h % span) as u32
 }
 
 /// The peers' names and this side's role on each, for resolving tunnels.
