@@ -14,6 +14,7 @@
 //! | [`netns`]     | network namespace handles; running code inside one.             |
 //! | [`testbed`]   | a disposable two-gateway topology in namespaces (tests, demo).  |
 //! | [`eve`]       | the lab attacker: intercept–resend proxy on the fibre stream, hostile peer client. |
+//! | [`config`]    | the gateway's TOML configuration: format, checks, conversions to the layers' types. |
 //! | [`cli`]       | command-line entry points; `main.rs` only calls [`cli::main`].  |
 //!
 //! Rules: only `xfrm` talks to the kernel's XFRM; only `keys` holds pools;
@@ -22,6 +23,7 @@
 pub mod agent;
 pub mod cli;
 pub mod eve;
+pub mod config;
 pub mod gf2;
 pub mod keys;
 pub mod netns;

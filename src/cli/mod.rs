@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod check_config;
+
 #[derive(Parser, Debug)]
 #[command(name = "qkd-ipsec", version, about = "QKD-to-IPsec key feeder")]
 pub struct Cli {
@@ -18,6 +20,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Eve(eve::EveCommand),
+    /// Check a gateway configuration file (and optionally its peer's).
+    CheckConfig(check_config::CheckConfig),
 }
 
 /// Parses the command line, runs the command, maps errors to an exit code.
@@ -26,6 +30,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result: anyhow::Result<()> = match cli.command {
         Command::Eve(cmd) => cmd.exec(),
+        Command::CheckConfig(c) => c.exec(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
