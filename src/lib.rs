@@ -22,8 +22,8 @@
 
 pub mod agent;
 pub mod cli;
-pub mod eve;
 pub mod config;
+pub mod eve;
 pub mod gf2;
 pub mod keys;
 pub mod netns;

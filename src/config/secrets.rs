@@ -22,17 +22,20 @@ use crate::secret::{SecretBytes, load_secret_file};
 /// The peer channel's first handshake is authenticated with HMAC-SHA256
 /// under the bootstrap secret; 32 bytes (256 bits) keep an offline search of
 /// a recorded handshake out of reach (and 128-bit security against Grover).
-const CHANNEL_BOOTSTRAP_BYTES: usize = 32;
+pub const CHANNEL_BOOTSTRAP_BYTES: usize = 32;
 
 /// Shortest bootstrap secret accepted: the channel's HMAC key
-/// (32 bytes, see `CHANNEL_BOOTSTRAP_BYTES`) plus the one-time Wegman–Carter keys of the
-/// first QKD block ([`AUTH_KEY_BYTES_PER_BLOCK`] = 64: Alice's and Bob's
-/// tags). Later blocks are authenticated with key from earlier blocks, so
-/// the bootstrap secret only has to carry the first one. Every block that
-/// fails authentication burns 64 more bytes, so the install guide generates
-/// 512 bytes: the first block may then fail six times before the pair must
-/// be re-bootstrapped.
-pub const MIN_BOOTSTRAP_SECRET_BYTES: usize = CHANNEL_BOOTSTRAP_BYTES + AUTH_KEY_BYTES_PER_BLOCK;
+/// (32 bytes, see `CHANNEL_BOOTSTRAP_BYTES`) plus the one-time Wegman–Carter
+/// keys of the first QKD block ([`AUTH_KEY_BYTES_PER_BLOCK`] = 64: Alice's
+/// and Bob's tags), twice over: the agent makes the rest of the secret the
+/// pool's first block, and the pool gives the transmitter — who takes
+/// authentication key — only its half of every block. Later blocks are
+/// authenticated with key from earlier blocks, so the bootstrap secret only
+/// has to carry the first one. Every block that fails authentication burns
+/// 64 more bytes, so the install guide generates 512 bytes: the first block
+/// may then fail twice before the pair must be re-bootstrapped.
+pub const MIN_BOOTSTRAP_SECRET_BYTES: usize =
+    CHANNEL_BOOTSTRAP_BYTES + 2 * AUTH_KEY_BYTES_PER_BLOCK;
 
 /// Where `check-config` looks for credentials when `$CREDENTIALS_DIRECTORY`
 /// is unset and no `--credentials-dir` is given: the directory that
@@ -137,8 +140,8 @@ impl Config {
                     (len < MIN_BOOTSTRAP_SECRET_BYTES).then(|| {
                     format!(
                         "{len} bytes; a bootstrap secret needs at least {MIN_BOOTSTRAP_SECRET_BYTES} \
-                         random bytes (32 for the channel's first handshake, 64 for the first \
-                         QKD block's authentication); create 512 with `head -c 512 /dev/urandom > FILE` \
+                         random bytes (32 for the channel's first handshake, 128 of which the \
+                         first QKD block's authentication takes half); create 512 with `head -c 512 /dev/urandom > FILE` \
                          and copy the same file to the peer"
                     )
                 })

@@ -399,7 +399,7 @@ fn secret_files_are_checked_for_mode_length_and_presence() {
         0o600,
     );
     let (_, bad) = c.check_secrets(Some(dir.path()));
-    assert!(bad[1].message.contains("at least 96"), "{}", bad[1]);
+    assert!(bad[1].message.contains("at least 160"), "{}", bad[1]);
     // All good.
     secret(dir.path(), "pool-key", 32, 0o600);
     secret(
