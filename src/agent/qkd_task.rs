@@ -106,7 +106,7 @@ enum Side {
 enum Out {
     Fibre { bytes: Vec<u8>, slots: u32 },
     Send(Vec<u8>),
-    Done(LinkOutput),
+    Done(Box<LinkOutput>),
 }
 
 impl QkdTask {
@@ -234,28 +234,30 @@ impl QkdTask {
                     self.send(Stream::Fibre, bytes).await;
                 }
                 Out::Send(bytes) => self.send(Stream::Qkd, bytes).await,
-                Out::Done(LinkOutput::Key(k)) => {
-                    let bits = k.key.bits();
-                    let bytes = k.key.to_bytes(bits / 8);
-                    let id = BlockId(k.block_id);
-                    let pool = self.pool.clone();
-                    let appended =
-                        tokio::task::spawn_blocking(move || lock(&pool).append(id, bytes))
-                            .await
-                            .map_err(|e| AgentError::Task(e.to_string()))?;
-                    if let Err(e) = &appended {
-                        tracing::error!(peer = %self.peer, block = k.block_id, error = %e, "could not store a QKD block");
+                Out::Done(done) => match *done {
+                    LinkOutput::Key(k) => {
+                        let bits = k.key.bits();
+                        let bytes = k.key.to_bytes(bits / 8);
+                        let id = BlockId(k.block_id);
+                        let pool = self.pool.clone();
+                        let appended =
+                            tokio::task::spawn_blocking(move || lock(&pool).append(id, bytes))
+                                .await
+                                .map_err(|e| AgentError::Task(e.to_string()))?;
+                        if let Err(e) = &appended {
+                            tracing::error!(peer = %self.peer, block = k.block_id, error = %e, "could not store a QKD block");
+                        }
+                        self.observer
+                            .block_done(&self.peer, &k.report, appended.is_ok());
+                        self.observer.pool_changed(&self.peer);
+                        block_over = true;
                     }
-                    self.observer
-                        .block_done(&self.peer, &k.report, appended.is_ok());
-                    self.observer.pool_changed(&self.peer);
-                    block_over = true;
-                }
-                Out::Done(LinkOutput::Aborted(r)) => {
-                    self.observer.block_done(&self.peer, &r, false);
-                    block_over = true;
-                }
-                Out::Done(_) => {}
+                    LinkOutput::Aborted(r) => {
+                        self.observer.block_done(&self.peer, &r, false);
+                        block_over = true;
+                    }
+                    _ => {}
+                },
             }
         }
         Ok(block_over)
@@ -283,7 +285,7 @@ fn encode_output(out: LinkOutput) -> Out {
             bytes: frame.encode(),
         },
         LinkOutput::Send(b) => Out::Send(b),
-        done => Out::Done(done),
+        done => Out::Done(Box::new(done)),
     }
 }
 

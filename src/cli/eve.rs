@@ -354,7 +354,7 @@ mod tests {
     fn eve(args: &[&str]) -> Result<EveCommand, clap::Error> {
         let argv = ["qkd-ipsec", "eve"].iter().chain(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
-            Command::Eve(e) => e,
+            Command::Eve(e) => *e,
             #[allow(unreachable_patterns)]
             _ => panic!("parsed as another command"),
         })

@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    Eve(eve::EveCommand),
+    Eve(Box<eve::EveCommand>),
     /// Check a gateway configuration file (and optionally its peer's).
     CheckConfig(check_config::CheckConfig),
 }

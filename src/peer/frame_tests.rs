@@ -273,10 +273,9 @@ proptest! {
         bytes in prop::collection::vec(any::<u8>(), 0..200),
     ) {
         let (_, mut o) = pair(9);
-        if let Ok(Split::Frame(f)) = split_frame(&bytes, &limits()) {
-            if f.header.frame_type.is_authenticated() {
+        if let Ok(Split::Frame(f)) = split_frame(&bytes, &limits())
+            && f.header.frame_type.is_authenticated() {
                 prop_assert!(o.open(&f).is_err());
             }
-        }
     }
 }

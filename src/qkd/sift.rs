@@ -151,7 +151,7 @@ struct BitPacker {
 
 impl BitPacker {
     fn push(&mut self, b: bool) {
-        if self.len % 64 == 0 {
+        if self.len.is_multiple_of(64) {
             self.words.push(0);
         }
         if b {

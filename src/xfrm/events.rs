@@ -271,7 +271,7 @@ mod tests {
         v.extend_from_slice(&kind.to_ne_bytes());
         v.extend_from_slice(&[0; 10]);
         v.extend_from_slice(body);
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
         v

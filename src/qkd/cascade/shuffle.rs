@@ -298,7 +298,7 @@ pub(crate) fn halves(seed: &[u8; 32], pass: usize, n: usize) -> [Vec<u64>; 2] {
     let words = n.div_ceil(64);
     let mut set: Vec<u64> = (0..words).map(|_| rng.next_u64()).collect();
     let mut rest: Vec<u64> = set.iter().map(|w| !w).collect();
-    if n % 64 != 0 {
+    if !n.is_multiple_of(64) {
         let tail = (1u64 << (n % 64)) - 1;
         set[words - 1] &= tail;
         rest[words - 1] &= tail;
@@ -316,7 +316,7 @@ mod tests {
         for w in k.expose_mut() {
             *w = rng.next_u64();
         }
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             let last = k.expose().len() - 1;
             k.expose_mut()[last] &= (1u64 << (n % 64)) - 1;
         }

@@ -16,7 +16,7 @@ fn key_pair(n: usize, qber: f64, seed: u64) -> (SecretWords, SecretWords, usize)
     for w in alice.expose_mut() {
         *w = rng.next_u64();
     }
-    if n % 64 != 0 {
+    if !n.is_multiple_of(64) {
         let last = alice.expose().len() - 1;
         alice.expose_mut()[last] &= (1u64 << (n % 64)) - 1;
     }
