@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod status;
+
 #[derive(Parser, Debug)]
 #[command(name = "qkd-ipsec", version, about = "QKD-to-IPsec key feeder")]
 pub struct Cli {
@@ -14,13 +16,18 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Show the running agent's peers, tunnels and alarms.
+    Status(status::StatusArgs),
+}
 
 /// Parses the command line, runs the command, maps errors to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Status(args) => args.exec(),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,10 +38,6 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QKD_IPSEC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Only fails if a subscriber is already set, which leaves logging working.
+    let _ = crate::ops::init_logging();
 }
