@@ -410,3 +410,58 @@ fn many_threads_update_while_others_read() {
             .all(|p| p.qkd.blocks_ok == 500 && p.qkd.key_bits_total == 500)
     );
 }
+
+/// The real protocol's reports, not hand-made ones: an intercept–resend
+/// attacker raises the QBER alarm with the measured QBER, and the first
+/// honest block that yields key clears it.
+#[test]
+fn simulated_eavesdropper_raises_and_honest_link_clears_the_qber_alarm() {
+    use crate::qkd::link::{BlockConfig, InProcessLink, LinkRng};
+    use crate::qkd::optics::{LinkParams, NoiseRng};
+    let link = |eve: f64, seed: u64| {
+        let mut p = LinkParams::gys(25.0);
+        // Decoy settings that give key from 2·10^5 sifted bits (as in the
+        // link tests); the GYS default set needs about 10^6.
+        p.source.intensities = [0.6, 0.2, 0.0];
+        p.source.probabilities = [0.4, 0.4, 0.2];
+        InProcessLink::new(
+            BlockConfig::new(p, 200_000),
+            LinkRng::insecure_from_fixed_seed(seed),
+            LinkRng::insecure_from_fixed_seed(seed + 1000),
+            Some((eve, NoiseRng::from_seed(seed + 2000))),
+            &SecretBytes::from_slice(&[7u8; 256]),
+        )
+        .unwrap()
+    };
+    let (board, clock) = board_with_clock();
+    let peer = board.register_peer("gw-b", PeerRole::Transmitter);
+    let attacked = link(1.0, 11).run_block().unwrap();
+    peer.record_block(&attacked.alice);
+    let s = board.snapshot();
+    let alarm = &s.alarms[0];
+    match &alarm.alarm {
+        Alarm::QberAboveThreshold {
+            peer,
+            basis: QberBasis::Test,
+            qber,
+        } => {
+            assert_eq!(peer, "gw-b");
+            assert!(*qber > 0.2, "intercept–resend gives about 25 %: {qber}");
+        }
+        other => panic!("expected a QBER alarm, got {other:?}"),
+    }
+    assert!(alarm.active);
+    assert_eq!(s.peers[0].qkd.blocks_aborted[0].cause, "test_qber");
+    clock.advance(Duration::from_secs(2));
+    let honest = link(0.0, 12).run_block().unwrap();
+    assert!(honest.alice.final_bits > 0);
+    peer.record_block(&honest.alice);
+    let s = board.snapshot();
+    assert!(!s.alarms[0].active, "cleared by a block with key");
+    assert_eq!(s.peers[0].qkd.key_bits_total, honest.alice.final_bits);
+    let last = s.peers[0].qkd.last_block.as_ref().unwrap();
+    assert!(
+        last.qber_key.unwrap() < 0.05 && last.qber_test < 0.05,
+        "{last:?}"
+    );
+}

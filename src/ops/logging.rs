@@ -117,6 +117,7 @@ where
             builder
                 .with_ansi(false)
                 .without_time()
+                .with_level(false)
                 .map_event_format(JournalPriority)
                 .finish(),
         ),
@@ -125,7 +126,7 @@ where
     }
 }
 
-/// Prefixes each line with its sd-daemon(3) syslog priority.
+/// Prefixes each line with its sd-daemon(3) syslog priority and level.
 struct JournalPriority<F>(F);
 
 /// syslog(3) levels: LOG_ERR 3, LOG_WARNING 4, LOG_INFO 6, LOG_DEBUG 7.
@@ -150,7 +151,9 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        // The level in words too, unpadded, for `journalctl -o cat` readers.
+        let level = event.metadata().level();
+        write!(writer, "<{}>{level} ", priority(level))?;
         self.0.format_event(ctx, writer, event)
     }
 }

@@ -54,7 +54,7 @@ fn journald_lines_carry_priority_and_no_time_or_colour() {
     for (line, prio) in lines.iter().zip(["<3>", "<4>", "<6>", "<7>"]) {
         assert!(line.starts_with(prio), "{line}");
         // No timestamp: the level follows the priority prefix directly.
-        let rest = line[3..].trim_start();
+        let rest = &line[3..];
         assert!(
             ["ERROR", "WARN", "INFO", "DEBUG"]
                 .iter()
