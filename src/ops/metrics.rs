@@ -62,10 +62,17 @@ impl Family<'_> {
     }
 }
 
-fn escape_label(v: &str) -> String {
+/// Label values need escaping only in the rare name with `\`, `"` or a
+/// newline; the usual case is borrowed (a scrape writes ~26 series per
+/// tunnel).
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+        .into()
 }
 
 /// Go-style floats: integers without a fraction, `NaN`, `+Inf`, `-Inf`.
