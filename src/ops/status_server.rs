@@ -161,9 +161,19 @@ impl StatusServer {
             }
         };
         let backlog = Backlog::new(16).expect("16 is a valid backlog");
-        socket::listen(&fd, backlog).map_err(|e| io("listen")(e.into()))?;
-        let std_listener = std::os::unix::net::UnixListener::from(fd);
-        let listener = UnixListener::from_std(std_listener).map_err(io("register with tokio"))?;
+        let listening = socket::listen(&fd, backlog)
+            .map_err(|e| io("listen")(e.into()))
+            .and_then(|()| {
+                let std_listener = std::os::unix::net::UnixListener::from(fd);
+                UnixListener::from_std(std_listener).map_err(io("register with tokio"))
+            });
+        let listener = match listening {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
         Ok(Self {
             listener,
             path: path.to_path_buf(),
@@ -176,7 +186,7 @@ impl StatusServer {
     }
 
     /// Serves on a task of `tracker` until `cancel` fires, then removes the
-    /// socket file.
+    /// socket file (as dropping an unserved server does).
     pub fn spawn(self, board: StatusBoard, tracker: &TaskTracker, cancel: CancellationToken) {
         let t = tracker.clone();
         tracker.spawn(self.run(board, t, cancel));
@@ -214,10 +224,14 @@ impl StatusServer {
                 }
             });
         }
-        self.remove_socket_file();
+        // Dropping `self` removes the socket file.
     }
+}
 
-    fn remove_socket_file(&self) {
+impl Drop for StatusServer {
+    /// Removes the socket file if the path still names the one we made (a
+    /// newer agent may have replaced it after we stopped listening).
+    fn drop(&mut self) {
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
         if ours {

@@ -146,6 +146,7 @@ async fn stale_sockets_are_replaced_and_live_ones_refused() {
         ),
     }
     drop(server);
+    assert!(!path.exists(), "an unserved server removes its socket when dropped");
 }
 
 #[tokio::test]
