@@ -32,7 +32,7 @@
 //!
 //! // ... from the tasks that own the link and the tunnel:
 //! tunnel.sa_installed(1, 0xc000_0001, 0xc000_0002, RekeyCause::Startup);
-//! notify.ready();
+//! notify.ready()?;
 //! // ... in the supervisor's main loop, at least every watchdog period / 4:
 //! liveness.beat();
 //! # let _ = peer;
