@@ -12,6 +12,7 @@
 //! | [`secret`]    | the only types that hold key bytes.                             |
 //! | [`gf2`]       | carry-less arithmetic: GF(2^128), Toeplitz middle products (no protocol). |
 //! | [`netns`]     | network namespace handles; running code inside one.             |
+//! | [`ops`]       | status board, alarms, status socket, metrics, systemd notify, logging. |
 //! | [`testbed`]   | a disposable two-gateway topology in namespaces (tests, demo).  |
 //! | [`eve`]       | the lab attacker: intercept–resend proxy on the fibre stream, hostile peer client. |
 //! | [`config`]    | the gateway's TOML configuration: format, checks, conversions to the layers' types. |
@@ -27,6 +28,7 @@ pub mod eve;
 pub mod gf2;
 pub mod keys;
 pub mod netns;
+pub mod ops;
 pub mod peer;
 pub mod qkd;
 pub mod rekey;

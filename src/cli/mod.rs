@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod check_config;
+mod status;
 
 #[derive(Parser, Debug)]
 #[command(name = "qkd-ipsec", version, about = "QKD-to-IPsec key feeder")]
@@ -22,6 +23,8 @@ pub enum Command {
     Eve(Box<eve::EveCommand>),
     /// Check a gateway configuration file (and optionally its peer's).
     CheckConfig(check_config::CheckConfig),
+    /// Show the running agent's peers, tunnels and alarms.
+    Status(status::StatusArgs),
 }
 
 /// Parses the command line, runs the command, maps errors to an exit code.
@@ -31,6 +34,7 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Eve(cmd) => cmd.exec(),
         Command::CheckConfig(c) => c.exec(),
+        Command::Status(args) => args.exec(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,10 +46,6 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QKD_IPSEC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Only fails if a subscriber is already set, which leaves logging working.
+    let _ = crate::ops::init_logging();
 }
