@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod simulate;
+
 #[derive(Parser, Debug)]
 #[command(name = "qkd-ipsec", version, about = "QKD-to-IPsec key feeder")]
 pub struct Cli {
@@ -14,13 +16,19 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Run a simulated QKD link (Alice and Bob in one process) and print
+    /// per-block figures, or sweep distances.
+    Simulate(simulate::SimulateArgs),
+}
 
 /// Parses the command line, runs the command, maps errors to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Simulate(args) => args.exec(),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
