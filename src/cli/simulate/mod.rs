@@ -172,7 +172,11 @@ impl SimulateArgs {
         // p_z = 0 gives no key bits at all (a block would never fill);
         // p_z = 1 leaves no test basis to estimate phase errors from.
         if !(self.p_z > 0.0 && self.p_z < 1.0) {
-            return Err(SimulateError::invalid("p-z", self.p_z, "must lie in (0, 1)"));
+            return Err(SimulateError::invalid(
+                "p-z",
+                self.p_z,
+                "must lie in (0, 1)",
+            ));
         }
         if self.blocks == 0 {
             return Err(SimulateError::invalid("blocks", 0, "must be at least 1"));

@@ -17,6 +17,8 @@ use super::SimulateArgs;
 use super::sweep::{SweepRange, SweepRow, analytic_rates};
 
 const SIZE: (u32, u32) = (900, 560);
+/// (km, key bits per pulse) points.
+type Curve = Vec<(f64, f64)>;
 /// Analytic curves: points per curve.
 const GRID: usize = 400;
 /// Decades shown below the largest rate.
@@ -41,13 +43,13 @@ pub fn render_svg(
         .iter()
         .map(|&km| analytic_rates(model, args, km))
         .collect();
-    let vw: Vec<(f64, f64)> = grid.iter().zip(&rates).map(|(&x, r)| (x, r.0)).collect();
-    let inf: Vec<(f64, f64)> = grid.iter().zip(&rates).map(|(&x, r)| (x, r.1)).collect();
-    let finite: Vec<(f64, f64)> = rows
+    let vw: Curve = grid.iter().zip(&rates).map(|(&x, r)| (x, r.0)).collect();
+    let inf: Curve = grid.iter().zip(&rates).map(|(&x, r)| (x, r.1)).collect();
+    let finite: Curve = rows
         .iter()
         .filter_map(|r| Some((r.length_km, r.finite_rate_per_pulse?)))
         .collect();
-    let asym: Vec<(f64, f64)> = rows
+    let asym: Curve = rows
         .iter()
         .filter_map(|r| Some((r.length_km, r.asymptotic_rate_per_pulse?)))
         .collect();
@@ -61,9 +63,8 @@ pub fn render_svg(
     }
     let y1 = 10f64.powf(top.log10().ceil());
     let y0 = 10f64.powf((top.log10() - DECADES).floor());
-    let visible = |s: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        s.iter().copied().filter(|p| p.1 >= y0).collect()
-    };
+    let visible =
+        |s: &[(f64, f64)]| -> Vec<(f64, f64)> { s.iter().copied().filter(|p| p.1 >= y0).collect() };
 
     let mut svg = String::new();
     {
@@ -85,12 +86,17 @@ pub fn render_svg(
             .configure_mesh()
             .x_desc("fibre length (km)")
             .y_desc("key bits per pulse")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| format!("{y:.0e}"))
             .draw()
             .map_err(|e| e.to_string())?;
 
-        let lines: [(&str, &Vec<(f64, f64)>, RGBColor); 2] = [
-            ("GYS analytic, infinite decoys", &inf, RGBColor(120, 120, 120)),
+        let lines: [(&str, &Curve, RGBColor); 2] = [
+            (
+                "GYS analytic, infinite decoys",
+                &inf,
+                RGBColor(120, 120, 120),
+            ),
             ("GYS analytic, vacuum + weak decoy", &vw, BLUE),
         ];
         for (label, data, colour) in lines {
@@ -102,7 +108,7 @@ pub fn render_svg(
                     PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
                 });
         }
-        let asym_colour = GREEN;
+        let asym_colour = RGBColor(0, 150, 0);
         chart
             .draw_series(PointSeries::of_element(
                 visible(&asym),
@@ -116,7 +122,10 @@ pub fn render_svg(
         let finite_colour = RED;
         let finite = visible(&finite);
         chart
-            .draw_series(LineSeries::new(finite.clone(), finite_colour.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                finite.clone(),
+                finite_colour.stroke_width(1),
+            ))
             .map_err(|e| e.to_string())?;
         chart
             .draw_series(PointSeries::of_element(

@@ -47,9 +47,7 @@ impl SweepRange {
     pub fn distances(&self) -> Vec<f64> {
         // Index-based, so 0:150:10 ends at exactly 150 despite rounding.
         let n = ((self.end - self.start) / self.step + 1e-9).floor() as usize;
-        (0..=n)
-            .map(|i| self.start + i as f64 * self.step)
-            .collect()
+        (0..=n).map(|i| self.start + i as f64 * self.step).collect()
     }
 }
 
@@ -321,8 +319,8 @@ pub fn run(
         )?;
     }
     if let Some(path) = &args.plot {
-        let svg = plot::render_svg(&rows, range, &model, args)
-            .map_err(|reason| SimulateError::Plot {
+        let svg =
+            plot::render_svg(&rows, range, &model, args).map_err(|reason| SimulateError::Plot {
                 path: path.clone(),
                 reason,
             })?;

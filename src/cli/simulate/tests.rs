@@ -97,14 +97,38 @@ fn malformed_flags_are_parse_errors() {
 fn invalid_values_name_the_flag_and_the_field() {
     for (cmdline, flag, field) in [
         ("--efficiency 2", "efficiency", "detector.efficiency"),
-        ("--dark-count 0.7", "dark-count", "detector.dark_count_probability"),
-        ("--misalignment 0.6", "misalignment", "detector.misalignment"),
-        ("--attenuation=-1", "attenuation", "fibre.attenuation_db_per_km"),
-        ("--insertion-loss=-3", "insertion-loss", "fibre.insertion_loss_db"),
+        (
+            "--dark-count 0.7",
+            "dark-count",
+            "detector.dark_count_probability",
+        ),
+        (
+            "--misalignment 0.6",
+            "misalignment",
+            "detector.misalignment",
+        ),
+        (
+            "--attenuation=-1",
+            "attenuation",
+            "fibre.attenuation_db_per_km",
+        ),
+        (
+            "--insertion-loss=-3",
+            "insertion-loss",
+            "fibre.insertion_loss_db",
+        ),
         ("--length-km=-5", "length-km", "fibre.length_km"),
-        ("--intensities 6,0.2,0", "intensities", "source.intensities[signal]"),
+        (
+            "--intensities 6,0.2,0",
+            "intensities",
+            "source.intensities[signal]",
+        ),
         ("--intensities 0.2,0.3,0", "intensities", "μ1 > μ2 + μ3"),
-        ("--probabilities 0.5,0.5,0.5", "probabilities", "source.probabilities"),
+        (
+            "--probabilities 0.5,0.5,0.5",
+            "probabilities",
+            "source.probabilities",
+        ),
         ("--eve 1.5", "eve", "eavesdropper.fraction"),
         ("--block-bits 10", "block-bits", "target_sifted_bits"),
         ("--eps-sec 0", "eps-sec", "eps_sec"),
@@ -148,9 +172,18 @@ fn seeded_runs_give_key_and_repeat_exactly() {
         let f = b["efficiency"].as_f64().unwrap();
         assert!((1.0..1.3).contains(&f), "{b}");
         for field in [
-            "pulses", "detections", "qber_x", "y1_lower", "e1_upper", "s1_key",
-            "phase_error", "cascade_leaked_bits", "net_bits", "rate_per_pulse",
-            "rate_per_second", "wall_seconds",
+            "pulses",
+            "detections",
+            "qber_x",
+            "y1_lower",
+            "e1_upper",
+            "s1_key",
+            "phase_error",
+            "cascade_leaked_bits",
+            "net_bits",
+            "rate_per_pulse",
+            "rate_per_second",
+            "wall_seconds",
         ] {
             assert!(!b[field].is_null(), "{field} missing in {b}");
         }
@@ -220,7 +253,10 @@ fn sweep_tabulates_each_distance_and_plots() {
     assert!(lines[1].trim_start().starts_with("50 ") && lines[1].contains("1/1"));
     assert!(lines[2].trim_start().starts_with("250 "));
     assert!(lines[2].contains("no key within budget"), "{text}");
-    assert!(lines[3].contains("Longest distance with key: 50 km"), "{text}");
+    assert!(
+        lines[3].contains("Longest distance with key: 50 km"),
+        "{text}"
+    );
 
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
