@@ -17,7 +17,8 @@ use crate::qkd::sift::SiftStats;
 
 use super::SimulateArgs;
 
-/// One block's figures (Alice's report; Bob's agrees on every public count).
+/// One block's figures: Alice's report (Bob's agrees on every public count)
+/// and Bob's count of Cascade rounds.
 #[derive(Debug, Clone, Serialize)]
 pub struct BlockRow {
     pub kind: &'static str,
@@ -87,7 +88,8 @@ impl BlockRow {
             phase_error: r.estimate.as_ref().map(|e| e.phase_error),
             cascade_leaked_bits: r.cascade_leaked_bits,
             verify_bits: r.verify_bits,
-            cascade_rounds: r.cascade_rounds,
+            // Bob runs the corrector; only he counts its rounds.
+            cascade_rounds: b.bob.cascade_rounds,
             efficiency: r.efficiency(),
             final_bits: r.final_bits,
             auth_key_bits: r.auth_key_bits,

@@ -171,6 +171,7 @@ fn seeded_runs_give_key_and_repeat_exactly() {
         assert!((0.025..0.045).contains(&q), "{b}");
         let f = b["efficiency"].as_f64().unwrap();
         assert!((1.0..1.3).contains(&f), "{b}");
+        assert!(b["cascade_rounds"].as_u64().unwrap() > 0, "{b}");
         for field in [
             "pulses",
             "detections",
