@@ -57,7 +57,7 @@ pub struct SimulateArgs {
     pub efficiency: f64,
     /// Dark-count probability per gate of each of the two detectors; GYS:
     /// Y0 = 1.7e-6 for both, so 8.5e-7 each.
-    #[arg(long, default_value_t = 8.5e-7)]
+    #[arg(long, default_value = "8.5e-7")]
     pub dark_count: f64,
     /// Optical misalignment error e_detector; GYS: 0.033.
     #[arg(long, default_value_t = 0.033)]
@@ -81,10 +81,10 @@ pub struct SimulateArgs {
     #[arg(long, value_parser = parse_cascade, default_value = "option8")]
     pub cascade: CascadeVariant,
     /// Secrecy parameter ε_sec.
-    #[arg(long, default_value_t = 1e-10)]
+    #[arg(long, default_value = "1e-10")]
     pub eps_sec: f64,
     /// Correctness parameter ε_cor.
-    #[arg(long, default_value_t = 1e-15)]
+    #[arg(long, default_value = "1e-15")]
     pub eps_cor: f64,
     /// Blocks to run (per distance with --sweep).
     #[arg(long, value_name = "N", default_value_t = 3)]
@@ -96,11 +96,11 @@ pub struct SimulateArgs {
     /// Simulated pulse rate (Hz). It only converts per-pulse rates into
     /// bits per second of simulated link time; 1 GHz is a common gate rate
     /// of current InGaAs single-photon detectors.
-    #[arg(long, default_value_t = 1e9)]
+    #[arg(long, default_value = "1e9")]
     pub clock_hz: f64,
     /// Most pulses simulated at one distance (all blocks together). Blocks
     /// that would pass it are not run; see the notes below.
-    #[arg(long, value_name = "PULSES", default_value_t = 2e11)]
+    #[arg(long, value_name = "PULSES", default_value = "2e11")]
     pub pulse_budget: f64,
     /// Sweep distances START:END:STEP (km) instead of one --length-km.
     #[arg(long, value_name = "START:END:STEP", value_parser = sweep::parse_sweep,
