@@ -363,13 +363,14 @@ pub enum SimulateError {
         value: String,
         reason: &'static str,
     },
-    #[error("invalid --{flag}: {source}")]
+    /// The library's message already says what is wrong; it is part of
+    /// this message rather than a `source`, so `{:#}` does not repeat it.
+    #[error("invalid --{flag}: {cause}")]
     Parameter {
         flag: &'static str,
-        #[source]
-        source: LinkError,
+        cause: LinkError,
     },
-    #[error("simulated link: {0}")]
+    #[error(transparent)]
     Link(#[from] LinkError),
     #[error(
         "no key within budget at {km} km: one block needs about {needed:.3e} pulses, \
@@ -378,9 +379,10 @@ pub enum SimulateError {
     Budget { km: f64, needed: f64, budget: f64 },
     #[error("block {0}: Alice's and Bob's keys differ (driver bug)")]
     KeysDiffer(u64),
-    #[error("writing output: {0}")]
+    // With #[from] the cause is the `source`, which `{:#}` appends.
+    #[error("writing output")]
     Io(#[from] std::io::Error),
-    #[error("encoding JSON: {0}")]
+    #[error("encoding JSON")]
     Json(#[from] serde_json::Error),
     #[error("plot {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
@@ -398,7 +400,7 @@ impl SimulateError {
     /// A library validation error, with the flag that set the field.
     fn from_link(e: LinkError) -> Self {
         match flag_of(&e) {
-            Some(flag) => SimulateError::Parameter { flag, source: e },
+            Some(flag) => SimulateError::Parameter { flag, cause: e },
             None => SimulateError::Link(e),
         }
     }

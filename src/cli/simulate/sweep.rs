@@ -260,6 +260,15 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<(), SimulateError> {
     let model = analytic_model(args);
+    // Open the plot file first: a long sweep should not end in "cannot
+    // write the plot".
+    let plot_file = match &args.plot {
+        Some(path) => Some((
+            path,
+            std::fs::File::create(path).map_err(|e| plot_error(path, e))?,
+        )),
+        None => None,
+    };
     if !args.json {
         write_header(out)?;
     }
@@ -318,18 +327,30 @@ pub fn run(
             summary.wall_seconds,
         )?;
     }
-    if let Some(path) = &args.plot {
-        let svg =
-            plot::render_svg(&rows, range, &model, args).map_err(|reason| SimulateError::Plot {
-                path: path.clone(),
-                reason,
-            })?;
-        std::fs::write(path, svg).map_err(|e| SimulateError::Plot {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    if let Some((path, mut file)) = plot_file {
+        let svg = match plot::render_svg(&rows, range, &model, args) {
+            Ok(svg) => svg,
+            Err(reason) => {
+                // Leave no empty file behind for a plot that was not drawn.
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(SimulateError::Plot {
+                    path: path.clone(),
+                    reason,
+                });
+            }
+        };
+        file.write_all(svg.as_bytes())
+            .map_err(|e| plot_error(path, e))?;
     }
     Ok(())
+}
+
+fn plot_error(path: &std::path::Path, e: std::io::Error) -> SimulateError {
+    SimulateError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 const COLUMNS: [(&str, usize); 13] = [
