@@ -2,14 +2,14 @@
 //! in a file of its own (`src/cli/<command>.rs`); this module only parses
 //! and dispatches. `anyhow` is used here and not below.
 
+pub mod check_config;
 mod eve;
+pub mod simulate;
+mod status;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-pub mod check_config;
-mod status;
 
 #[derive(Parser, Debug)]
 #[command(name = "qkd-ipsec", version, about = "QKD-to-IPsec key feeder")]
@@ -20,11 +20,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Lab eavesdropper: intercept–resend on the simulated fibre stream.
     Eve(Box<eve::EveCommand>),
     /// Check a gateway configuration file (and optionally its peer's).
     CheckConfig(check_config::CheckConfig),
     /// Show the running agent's peers, tunnels and alarms.
     Status(status::StatusArgs),
+    /// Run a simulated QKD link (Alice and Bob in one process) and print
+    /// per-block figures, or sweep distances.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Parses the command line, runs the command, maps errors to an exit code.
@@ -35,6 +39,7 @@ pub fn main() -> ExitCode {
         Command::Eve(cmd) => cmd.exec(),
         Command::CheckConfig(c) => c.exec(),
         Command::Status(args) => args.exec(),
+        Command::Simulate(args) => args.exec(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
