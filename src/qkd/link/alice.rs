@@ -279,6 +279,7 @@ impl AliceLink {
             Ok(r) => r,
             Err(_) => return Ok(self.abort(AbortCause::Reconciliation, MessageKind::Parities)),
         };
+        block.report.cascade_rounds += 1;
         let msg = LinkMessage::ParityReply {
             block: block.id,
             reply,

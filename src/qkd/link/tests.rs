@@ -35,6 +35,8 @@ fn honest_blocks_give_identical_distinct_keys() {
         let (a, k) = b.keys.expect("key");
         assert!(a.ct_eq(&k), "both sides hold the same key");
         assert_eq!(b.alice.final_bits, b.bob.final_bits);
+        assert_eq!(b.alice.cascade_rounds, b.bob.cascade_rounds);
+        assert!(b.alice.cascade_rounds > 0);
         // The net key is the final key less the 64 bytes that went back into
         // the authentication store.
         assert_eq!(a.len() as u64, b.alice.final_bits / 8 - 64);
