@@ -146,7 +146,10 @@ async fn stale_sockets_are_replaced_and_live_ones_refused() {
         ),
     }
     drop(server);
-    assert!(!path.exists(), "an unserved server removes its socket when dropped");
+    assert!(
+        !path.exists(),
+        "an unserved server removes its socket when dropped"
+    );
 }
 
 #[tokio::test]
