@@ -180,6 +180,12 @@ impl RekeyEngine {
             // The initiator that ran this exchange is gone.
             self.abandon_incoming(x, AbandonReason::Superseded, false);
         }
+        // Any message naming our new exchange as what the initiator sends on
+        // confirms it as well as a Done would (Done may be lost); check it
+        // before a newer Start supersedes the exchange.
+        if let Some(out) = msg.sender_out {
+            self.complete_incoming(out);
+        }
         match msg.body {
             MessageBody::Start {
                 id,
@@ -211,13 +217,6 @@ impl RekeyEngine {
                     Some("the peer also waits for rekeys; exactly one side must initiate".into());
             }
             MessageBody::Ack { .. } => self.reject("Ack sent to the responder".to_owned()),
-        }
-        // Any message naming our new exchange as what the initiator sends on
-        // confirms it as well as a Done would (Done may be lost).
-        if let (Some(out), Some(x)) = (msg.sender_out, &self.incoming)
-            && out == x.id
-        {
-            self.complete_incoming(out);
         }
     }
 
