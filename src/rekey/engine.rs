@@ -240,8 +240,10 @@ impl RekeyEngine {
             self.set_alarm(Alarm::TrafficBlocked, blocked);
         }
         let wake = self.next_wake();
-        if wake.is_some() && wake != self.announced_wake {
-            self.out.push(RekeyAction::WakeAt(wake.expect("checked")));
+        if let Some(at) = wake
+            && wake != self.announced_wake
+        {
+            self.out.push(RekeyAction::WakeAt(at));
         }
         self.announced_wake = wake;
         std::mem::take(&mut self.out)
@@ -425,16 +427,13 @@ impl RekeyEngine {
         op
     }
 
-    /// Deletes an SA (or larval SA) at once, tracked or not.
+    /// Deletes an SA (or larval SA) now. An untracked one is recorded
+    /// first, so a failed deletion is retried like any other.
     pub(super) fn delete_now(&mut self, dir: SaDirection, spi: Spi) {
-        if self.sas.get(dir, spi).is_some() {
-            self.sas.schedule_one(dir, spi, self.now);
-        } else {
-            self.kernel(
-                PendingOp::DeleteSa { dir, spi },
-                KernelRequest::DeleteSa { dir, spi },
-            );
+        if self.sas.get(dir, spi).is_none() {
+            self.sas.insert(dir, spi, None, None);
         }
+        self.sas.schedule_one(dir, spi, self.now);
     }
 
     /// Whether an AddSa for (dir, id) is with the kernel.

@@ -21,14 +21,22 @@ pub enum RekeyInput {
     /// First input of every engine: the SAs of this tunnel the agent found in
     /// the kernel (maybe from before a crash, larval ones included). The
     /// engine treats them as an old generation to replace, nothing more.
-    Start { owned: Vec<OwnedSa> },
+    Start {
+        owned: Vec<OwnedSa>,
+    },
     /// The timer asked for with [`RekeyAction::WakeAt`] fired (early or
     /// spurious ticks are harmless).
     Tick,
     /// XFRM_MSG_EXPIRE with hard=0 for an SA of this tunnel.
-    SoftExpire { dir: SaDirection, spi: Spi },
+    SoftExpire {
+        dir: SaDirection,
+        spi: Spi,
+    },
     /// XFRM_MSG_EXPIRE with hard=1: the kernel has deleted the SA.
-    HardExpire { dir: SaDirection, spi: Spi },
+    HardExpire {
+        dir: SaDirection,
+        spi: Spi,
+    },
     /// XFRM_MSG_ACQUIRE for this tunnel's policy: traffic found no SA.
     Acquire,
     /// The peer channel's session is up (again).
@@ -37,7 +45,10 @@ pub enum RekeyInput {
     /// A rekey message from the peer, as carried on the control stream.
     PeerMessage(Vec<u8>),
     /// The result of a [`RekeyAction::Kernel`] request.
-    Kernel { op: OpId, outcome: KernelOutcome },
+    Kernel {
+        op: OpId,
+        outcome: KernelOutcome,
+    },
     /// The peer's pool received key (after an append or an agreement).
     PoolRefilled,
 }
@@ -90,14 +101,20 @@ pub enum KernelRequest {
 /// What the engine asks the agent to do, in order.
 #[derive(Debug)]
 pub enum RekeyAction {
-    Kernel { op: OpId, request: KernelRequest },
+    Kernel {
+        op: OpId,
+        request: KernelRequest,
+    },
     /// Send this rekey message to the peer on the control stream.
     Send(Vec<u8>),
     /// Feed [`RekeyInput::Tick`] at (or after) this instant; replaces any
     /// earlier request.
     WakeAt(Instant),
     /// An alarm changed: log it, show it in status and metrics.
-    Alarm { alarm: Alarm, raised: bool },
+    Alarm {
+        alarm: Alarm,
+        raised: bool,
+    },
     /// Something worth a log line.
     Notice(RekeyNotice),
 }

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::engine::{PendingOp, RekeyEnv, RekeyEngine, Retransmit};
+use super::engine::{PendingOp, RekeyEngine, RekeyEnv, Retransmit};
 use super::events::{
     AbandonReason, Alarm, KernelFailure, KernelOutcome, KernelRequest, OpId, RekeyNotice, Trigger,
 };
@@ -35,11 +35,16 @@ pub(super) enum OutStep {
     AllocSpi(OpId),
     InstallInbound(OpId),
     AwaitAck,
-    InstallOutbound { op: OpId, retried: bool },
+    InstallOutbound {
+        op: OpId,
+        retried: bool,
+    },
     /// EEXIST on the outbound SPI: delete the dead SA holding it, then retry.
     ClearOutboundSpi(OpId),
     /// Waiting for the deletions of older outbound SAs.
-    RetireOld { new_seq: u64 },
+    RetireOld {
+        new_seq: u64,
+    },
 }
 
 impl OutStep {
@@ -103,8 +108,7 @@ impl RekeyEngine {
                     }
                     x.retransmit.back_off(self.now, self.cfg.retransmit_max);
                 }
-                if x
-                    .waiting_since
+                if x.waiting_since
                     .is_some_and(|t| t + self.cfg.peer_timeout <= self.now)
                 {
                     self.set_alarm(Alarm::PeerUnresponsive, true);
@@ -125,9 +129,7 @@ impl RekeyEngine {
         let Some((trigger, triggered_at)) = self.want else {
             return;
         };
-        if self.outgoing.is_some()
-            || !self.connected
-            || self.retry_at.is_some_and(|t| t > self.now)
+        if self.outgoing.is_some() || !self.connected || self.retry_at.is_some_and(|t| t > self.now)
         {
             return;
         }
@@ -340,12 +342,13 @@ impl RekeyEngine {
     }
 
     fn on_nack(&mut self, id: ExchangeId, reason: NackReason, released: bool) {
-        if released && reason != NackReason::Retry {
+        if released
+            && reason != NackReason::Retry
+            && let Some(spi) = self.sas.find(SaDirection::Inbound, id).map(|r| r.spi)
+        {
             // The responder holds no outbound SA for `id`: nothing will
             // arrive on our inbound SA of that exchange.
-            if let Some(spi) = self.sas.find(SaDirection::Inbound, id).map(|r| r.spi) {
-                self.delete_now(SaDirection::Inbound, spi);
-            }
+            self.delete_now(SaDirection::Inbound, spi);
         }
         let Some(mut x) = self.outgoing.take() else {
             return;

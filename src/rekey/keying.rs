@@ -169,7 +169,9 @@ impl WrapContext<'_> {
     fn aad(&self) -> Vec<u8> {
         let mut w = WireWriter::new();
         w.bytes(WRAP_LABEL).bytes(self.tunnel.as_bytes());
-        w.u64(self.id.epoch).u64(self.id.generation).u32(self.initiator_spi);
+        w.u64(self.id.epoch)
+            .u64(self.id.generation)
+            .u32(self.initiator_spi);
         w.finish()
     }
 }

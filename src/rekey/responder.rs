@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use super::engine::{PendingOp, RekeyEnv, RekeyEngine, Retransmit};
+use super::engine::{PendingOp, RekeyEngine, RekeyEnv, Retransmit};
 use super::events::{
     AbandonReason, Alarm, KernelFailure, KernelOutcome, KernelRequest, OpId, RekeyNotice, Trigger,
 };
@@ -142,8 +142,7 @@ impl RekeyEngine {
                         self.counters.retransmissions += 1;
                         x.retransmit.back_off(self.now, self.cfg.retransmit_max);
                     }
-                    if x
-                        .waiting_since
+                    if x.waiting_since
                         .is_some_and(|t| t + self.cfg.peer_timeout <= self.now)
                     {
                         self.set_alarm(Alarm::PeerUnresponsive, true);
@@ -198,10 +197,11 @@ impl RekeyEngine {
                 reason,
                 released,
             } => {
-                if released && reason != NackReason::Retry {
-                    if let Some(spi) = self.sas.find(SaDirection::Inbound, id).map(|r| r.spi) {
-                        self.delete_now(SaDirection::Inbound, spi);
-                    }
+                if released
+                    && reason != NackReason::Retry
+                    && let Some(spi) = self.sas.find(SaDirection::Inbound, id).map(|r| r.spi)
+                {
+                    self.delete_now(SaDirection::Inbound, spi);
                 }
                 if let Some(x) = self.incoming.take() {
                     if x.id == id && x.step == InStep::AwaitDone {

@@ -95,8 +95,12 @@ impl SaTable {
         self.records.values().filter(move |r| r.dir == dir)
     }
 
+    /// The newest SA of `dir` that is not on its way out: the one carrying
+    /// (or about to carry) the traffic.
     pub fn newest(&self, dir: SaDirection) -> Option<&SaRecord> {
-        self.in_dir(dir).max_by_key(|r| r.seq)
+        self.in_dir(dir)
+            .filter(|r| r.deletion == Deletion::Kept)
+            .max_by_key(|r| r.seq)
     }
 
     pub fn oldest(&self, dir: SaDirection) -> Option<&SaRecord> {

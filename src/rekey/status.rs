@@ -36,13 +36,18 @@ pub struct RekeyCounters {
 pub enum EngineState {
     NotStarted,
     Idle,
-    Rekeying { id: String, step: &'static str },
+    Rekeying {
+        id: String,
+        step: &'static str,
+    },
     /// A rekey is due; the pool has no key for it.
     WaitingForKeys,
     /// A rekey is due (or requested); the peer channel is down.
     WaitingForPeer,
     /// The last attempt failed; the next one starts after this delay.
-    Backoff { retry_in_ms: u64 },
+    Backoff {
+        retry_in_ms: u64,
+    },
 }
 
 /// One SA of the tunnel as the engine knows it.

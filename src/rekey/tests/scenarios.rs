@@ -93,7 +93,13 @@ fn soft_expiry_on_either_side_triggers_a_rekey() {
     sim.input(INIT, RekeyInput::Acquire);
     let old = newest_spi(&sim, INIT, SaDirection::Outbound);
     sim.run_for(Duration::from_millis(30));
-    sim.input(INIT, RekeyInput::SoftExpire { dir: SaDirection::Outbound, spi: old });
+    sim.input(
+        INIT,
+        RekeyInput::SoftExpire {
+            dir: SaDirection::Outbound,
+            spi: old,
+        },
+    );
     sim.run_until_cond(10 * SEC, Sim::settled);
     assert_eq!(sim.rekeys_done(INIT), done + 1);
     assert_clean(&sim);
@@ -138,21 +144,41 @@ fn crossed_triggers_make_one_rekey() {
     let mut sim = booted(6, KeyingMode::Direct, HOUR);
     // Both sides see the same SA pair soft-expire at the same instant.
     let spi = newest_spi(&sim, INIT, SaDirection::Outbound);
-    sim.input(INIT, RekeyInput::SoftExpire { dir: SaDirection::Outbound, spi });
-    sim.input(RESP, RekeyInput::SoftExpire { dir: SaDirection::Inbound, spi });
+    sim.input(
+        INIT,
+        RekeyInput::SoftExpire {
+            dir: SaDirection::Outbound,
+            spi,
+        },
+    );
+    sim.input(
+        RESP,
+        RekeyInput::SoftExpire {
+            dir: SaDirection::Inbound,
+            spi,
+        },
+    );
     sim.run_until_cond(10 * SEC, Sim::settled);
     sim.run_for(MIN);
     assert_eq!(sim.rekeys_done(INIT), 2);
     // The interval timer fires while the responder's request is in flight.
     let mut sim = booted(7, KeyingMode::Direct, 20 * SEC);
-    let next = sim.sides[INIT].engine.status(sim.now).next_rekey_ms.unwrap();
+    let next = sim.sides[INIT]
+        .engine
+        .status(sim.now)
+        .next_rekey_ms
+        .unwrap();
     let due = sim.now + Duration::from_millis(next);
     sim.run_until(due - Duration::from_millis(2));
     sim.input(RESP, RekeyInput::Acquire);
     sim.run_until_cond(10 * SEC, |s| s.rekeys_done(INIT) == 2 && s.settled());
     // (The next interval rekey is 18..20 s after the last one.)
     sim.run_for(5 * SEC);
-    assert_eq!(sim.rekeys_done(INIT), 2, "the request started another rekey");
+    assert_eq!(
+        sim.rekeys_done(INIT),
+        2,
+        "the request started another rekey"
+    );
     assert_clean(&sim);
 }
 
@@ -223,7 +249,9 @@ fn pool_exhaustion_fails_closed_and_refill_recovers() {
     let mut sim = Sim::new(10, KeyingMode::Direct, 10 * SEC, 1);
     sim.hard_lifetime = Some(MIN);
     sim.boot();
-    sim.run_until_cond(600 * SEC, |s| s.sides[INIT].alarms.contains(&Alarm::PoolExhausted));
+    sim.run_until_cond(600 * SEC, |s| {
+        s.sides[INIT].alarms.contains(&Alarm::PoolExhausted)
+    });
     assert_eq!(sim.rekeys_done(INIT), 28);
     assert_eq!(sim.state(INIT), EngineState::WaitingForKeys);
     // The old SAs stay until their hard lifetime...
@@ -233,7 +261,11 @@ fn pool_exhaustion_fails_closed_and_refill_recovers() {
     // dropped, and no new SA without a fresh key.
     sim.check_continuity = false;
     sim.run_for(MIN);
-    assert!(sim.sides.iter().all(|s| s.kernel.sas.is_empty() && s.kernel.larval.is_empty()));
+    assert!(
+        sim.sides
+            .iter()
+            .all(|s| s.kernel.sas.is_empty() && s.kernel.larval.is_empty())
+    );
     for s in &sim.sides {
         assert!(s.alarms.contains(&Alarm::TrafficBlocked));
     }
@@ -284,7 +316,11 @@ fn tampered_wrapped_keys_are_refused_and_the_rekey_retried() {
     }
     assert!(sim.sides[INIT].notices.iter().any(|n| matches!(
         n,
-        RekeyNotice::Abandoned { reason: AbandonReason::PeerRefusedKeys, wasted_bytes: 32, .. }
+        RekeyNotice::Abandoned {
+            reason: AbandonReason::PeerRefusedKeys,
+            wasted_bytes: 32,
+            ..
+        }
     )));
 }
 
@@ -301,13 +337,31 @@ fn mismatched_settings_raise_an_alarm_and_install_nothing() {
         }
     }
     // Two initiators, then two responders.
-    for role in [crate::rekey::RekeyRole::Initiator, crate::rekey::RekeyRole::Responder] {
+    for role in [
+        crate::rekey::RekeyRole::Initiator,
+        crate::rekey::RekeyRole::Responder,
+    ] {
         let mut sim = Sim::new(13, KeyingMode::Direct, HOUR, 2);
-        sim.configure_side(if role == crate::rekey::RekeyRole::Initiator { RESP } else { INIT }, |c| c.role = role);
+        sim.configure_side(
+            if role == crate::rekey::RekeyRole::Initiator {
+                RESP
+            } else {
+                INIT
+            },
+            |c| c.role = role,
+        );
         sim.boot();
         sim.run_for(MIN);
-        assert!(sim.sides.iter().any(|s| s.alarms.contains(&Alarm::ConfigMismatch)));
-        assert!(sim.sides.iter().all(|s| s.kernel.count(SaDirection::Outbound) == 0));
+        assert!(
+            sim.sides
+                .iter()
+                .any(|s| s.alarms.contains(&Alarm::ConfigMismatch))
+        );
+        assert!(
+            sim.sides
+                .iter()
+                .all(|s| s.kernel.count(SaDirection::Outbound) == 0)
+        );
     }
 }
 
@@ -323,7 +377,10 @@ fn status_reports_generation_spis_age_and_next_rekey() {
     assert_eq!(resp.generation, Some(3));
     assert_eq!(init.outbound_spi, resp.inbound_spi);
     assert_eq!(init.inbound_spi, resp.outbound_spi);
-    assert_eq!(init.outbound_spi, Some(newest_spi(&sim, INIT, SaDirection::Outbound)));
+    assert_eq!(
+        init.outbound_spi,
+        Some(newest_spi(&sim, INIT, SaDirection::Outbound))
+    );
     let age = init.age_ms.unwrap();
     // Settled means the 5 s grace has passed, then 2 s more.
     assert!((7000..8000).contains(&age), "{age}");

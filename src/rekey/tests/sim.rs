@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use crate::keys::{BlockId, KeyPool, Role};
 use crate::rekey::{
     Alarm, EngineState, ExchangeId, KernelFailure, KernelOutcome, KernelRequest, KeyingMode,
-    MIN_SPI, OpId, OwnedSa, RekeyAction, RekeyConfig, RekeyEngine, RekeyEnv, RekeyInput, RekeyNotice,
-    RekeyRole, SaDirection, Spi,
+    MIN_SPI, OpId, OwnedSa, RekeyAction, RekeyConfig, RekeyEngine, RekeyEnv, RekeyInput,
+    RekeyNotice, RekeyRole, SaDirection, Spi,
 };
 use crate::secret::{SaKey, SecretBytes};
 
@@ -30,13 +30,16 @@ pub struct FakeSa {
     pub soft_sent: bool,
 }
 
+/// Picks the kernel requests a fault applies to.
+pub type RequestFilter = fn(&KernelRequest) -> bool;
+
 /// One side's SAD: SAs by (direction, SPI), larval SAs from ALLOCSPI.
 #[derive(Default)]
 pub struct FakeKernel {
     pub sas: BTreeMap<(SaDirection, Spi), FakeSa>,
     pub larval: BTreeSet<Spi>,
     /// Fail the next requests matching `fail_filter` with this error.
-    pub fail_next: Vec<(fn(&KernelRequest) -> bool, KernelFailure)>,
+    pub fail_next: Vec<(RequestFilter, KernelFailure)>,
 }
 
 impl FakeKernel {
@@ -53,7 +56,8 @@ impl FakeKernel {
             KernelRequest::AllocSpi => loop {
                 // A small SPI space makes reuse of deleted SPIs likely.
                 let spi = rng.random_range(MIN_SPI..MIN_SPI + 64);
-                if !self.larval.contains(&spi) && !self.sas.contains_key(&(SaDirection::Inbound, spi))
+                if !self.larval.contains(&spi)
+                    && !self.sas.contains_key(&(SaDirection::Inbound, spi))
                 {
                     self.larval.insert(spi);
                     return KernelOutcome::SpiAllocated(spi);
@@ -171,8 +175,15 @@ pub const BLOCK_BYTES: usize = 4096;
 pub const KERNEL_LATENCY: Duration = Duration::from_micros(200);
 
 enum Event {
-    Deliver { to: usize, bytes: Vec<u8> },
-    Kernel { side: usize, op: OpId, request: KernelRequest },
+    Deliver {
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    Kernel {
+        side: usize,
+        op: OpId,
+        request: KernelRequest,
+    },
 }
 
 impl Sim {
@@ -181,7 +192,10 @@ impl Sim {
         let cfg = [RekeyRole::Initiator, RekeyRole::Responder]
             .map(|role| RekeyConfig::new("site-a-b", role, mode, interval));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut pools = [KeyPool::new(Role::Transmitter), KeyPool::new(Role::Receiver)];
+        let mut pools = [
+            KeyPool::new(Role::Transmitter),
+            KeyPool::new(Role::Receiver),
+        ];
         fill(&mut pools, &mut rng, blocks);
         let [p0, p1] = pools;
         let sides = [(0, p0), (1, p1)].map(|(i, pool)| {
@@ -263,7 +277,9 @@ impl Sim {
         self.input(1 - i, RekeyInput::PeerDisconnected);
         let side = &mut self.sides[i];
         side.restarts += 1;
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0xdead_0000 + u64::from(side.restarts) * 2 + i as u64));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ (0xdead_0000 + u64::from(side.restarts) * 2 + i as u64),
+        );
         side.engine = RekeyEngine::new(self.cfg[i].clone(), self.now, &mut rng).unwrap();
         side.rng = rng;
         side.wake = None;
@@ -323,7 +339,14 @@ impl Sim {
                         .max()
                         .unwrap_or(self.now);
                     let at = last.max(self.now) + KERNEL_LATENCY;
-                    self.schedule(at, Event::Kernel { side: i, op, request });
+                    self.schedule(
+                        at,
+                        Event::Kernel {
+                            side: i,
+                            op,
+                            request,
+                        },
+                    );
                 }
                 RekeyAction::Send(bytes) => self.transmit(1 - i, bytes),
                 RekeyAction::WakeAt(t) => {
@@ -332,7 +355,11 @@ impl Sim {
                 }
                 RekeyAction::Alarm { alarm, raised } => {
                     let set = &mut self.sides[i].alarms;
-                    let changed = if raised { set.insert(alarm) } else { set.remove(&alarm) };
+                    let changed = if raised {
+                        set.insert(alarm)
+                    } else {
+                        set.remove(&alarm)
+                    };
                     assert!(changed, "alarm {alarm:?} raised={raised} twice");
                 }
                 RekeyAction::Notice(n) => self.sides[i].notices.push(n),
@@ -356,7 +383,11 @@ impl Sim {
     }
 
     fn note_key(&mut self, i: usize, dir: SaDirection, spi: Spi, key: &SaKey, id: ExchangeId) {
-        let sender = if dir == SaDirection::Outbound { i } else { 1 - i };
+        let sender = if dir == SaDirection::Outbound {
+            i
+        } else {
+            1 - i
+        };
         let fp: [u8; 32] = Sha256::digest(key.expose()).into();
         let who = (sender, spi, id);
         let seen = *self.keys_seen.entry(fp).or_insert(who);
@@ -370,10 +401,19 @@ impl Sim {
         if let Some(t) = self.tamper.as_mut() {
             t(to, &mut bytes);
         }
-        let copies = if self.rng.random_bool(self.link.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.random_bool(self.link.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
-            let span = (self.link.delay_max - self.link.delay_min).as_micros() as u64;
-            let delay = self.link.delay_min + Duration::from_micros(self.rng.random_range(0..=span));
+            let span = self
+                .link
+                .delay_max
+                .saturating_sub(self.link.delay_min)
+                .as_micros() as u64;
+            let delay =
+                self.link.delay_min + Duration::from_micros(self.rng.random_range(0..=span));
             self.schedule(
                 self.now + delay,
                 Event::Deliver {
@@ -416,11 +456,6 @@ impl Sim {
         }
     }
 
-    /// Forgets that directions were established (after an intended gap).
-    pub fn reset_continuity(&mut self) {
-        self.established = [false; 2];
-    }
-
     fn next_lifetime_event(&self) -> Option<(Instant, usize, SaDirection, Spi, bool)> {
         let mut best: Option<(Instant, usize, SaDirection, Spi, bool)> = None;
         for i in 0..2 {
@@ -444,13 +479,31 @@ impl Sim {
     /// time each side's copy separately).
     pub fn hard_expire_pair(&mut self, sender: usize, spi: Spi) {
         let receiver = 1 - sender;
-        let a = self.sides[sender].kernel.sas.remove(&(SaDirection::Outbound, spi));
-        let b = self.sides[receiver].kernel.sas.remove(&(SaDirection::Inbound, spi));
+        let a = self.sides[sender]
+            .kernel
+            .sas
+            .remove(&(SaDirection::Outbound, spi));
+        let b = self.sides[receiver]
+            .kernel
+            .sas
+            .remove(&(SaDirection::Inbound, spi));
         if a.is_some() {
-            self.input(sender, RekeyInput::HardExpire { dir: SaDirection::Outbound, spi });
+            self.input(
+                sender,
+                RekeyInput::HardExpire {
+                    dir: SaDirection::Outbound,
+                    spi,
+                },
+            );
         }
         if b.is_some() {
-            self.input(receiver, RekeyInput::HardExpire { dir: SaDirection::Inbound, spi });
+            self.input(
+                receiver,
+                RekeyInput::HardExpire {
+                    dir: SaDirection::Inbound,
+                    spi,
+                },
+            );
         }
     }
 
@@ -468,7 +521,11 @@ impl Sim {
         };
         if t == self.now {
             self.same_instant += 1;
-            assert!(self.same_instant < 10_000, "busy loop at {:?}", self.elapsed());
+            assert!(
+                self.same_instant < 10_000,
+                "busy loop at {:?}",
+                self.elapsed()
+            );
         } else {
             self.same_instant = 0;
         }
@@ -484,11 +541,20 @@ impl Sim {
             self.input(i, RekeyInput::Tick);
         } else if let Some((_, i, dir, spi, hard)) = life {
             if hard {
-                let sender = if dir == SaDirection::Outbound { i } else { 1 - i };
+                let sender = if dir == SaDirection::Outbound {
+                    i
+                } else {
+                    1 - i
+                };
                 self.hard_expiries += 1;
                 self.hard_expire_pair(sender, spi);
             } else {
-                self.sides[i].kernel.sas.get_mut(&(dir, spi)).unwrap().soft_sent = true;
+                self.sides[i]
+                    .kernel
+                    .sas
+                    .get_mut(&(dir, spi))
+                    .unwrap()
+                    .soft_sent = true;
                 self.input(i, RekeyInput::SoftExpire { dir, spi });
             }
         }
@@ -510,7 +576,10 @@ impl Sim {
     pub fn run_until_cond(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) {
         let deadline = self.now + limit;
         while !done(self) {
-            assert!(self.now < deadline, "condition not reached within {limit:?}");
+            assert!(
+                self.now < deadline,
+                "condition not reached within {limit:?}"
+            );
             self.run_for(Duration::from_millis(50));
         }
     }
@@ -556,7 +625,8 @@ fn fill(pools: &mut [KeyPool; 2], rng: &mut ChaCha8Rng, blocks: u64) {
         let mut bytes = vec![0u8; BLOCK_BYTES];
         rng.fill_bytes(&mut bytes);
         for p in pools.iter_mut() {
-            p.append(BlockId(id.0), SecretBytes::from_slice(&bytes)).unwrap();
+            p.append(BlockId(id.0), SecretBytes::from_slice(&bytes))
+                .unwrap();
         }
     }
 }
