@@ -54,6 +54,35 @@
 //! The peer channel delivers the messages of one session in order and drops
 //! those of a closed session (authenticated, replay-protected frames); the
 //! engine tolerates loss, duplication and reordering within a session on top.
+//!
+//! # How the agent drives an engine
+//!
+//! One engine per tunnel, owned by the tunnel's task. Every input goes
+//! through [`RekeyEngine::handle`] with the current time and a
+//! [`RekeyEnv`]: the peer's pool (a [`crate::keys::PersistedPool`], durable
+//! before it returns a key, so a crash can waste key but never reuse it)
+//! and an OS-seeded RNG. The actions, in order:
+//!
+//! | action | agent |
+//! |--------|-------|
+//! | `Kernel { AllocSpi }` | ALLOCSPI for an SA peer → local (tunnel's reqid, mode, mark); answer `SpiAllocated(spi)` |
+//! | `Kernel { AddSa { Inbound, .. } }` | UPDSA completing that larval SA: peer → local, `rfc4106(gcm(aes))` with `key`, the tunnel's selectors and soft/hard lifetimes |
+//! | `Kernel { AddSa { Outbound, .. } }` | NEWSA local → peer, same parameters |
+//! | `Kernel { DeleteSa { .. } }` | DELSA (reading final counters is fine) |
+//! | kernel errors | EEXIST → `Failed(Exists)`, ENOENT/ESRCH → `Failed(NotFound)`, others → `Failed(Other { errno })` |
+//! | `Send(bytes)` | the control stream's rekey envelope for this tunnel |
+//! | `WakeAt(t)` | (re)arm the tunnel's single timer; feed `Tick` when it fires |
+//! | `Alarm`, `Notice` | logs, status, metrics |
+//!
+//! Kernel requests of one engine must run in the order emitted and each must
+//! be answered. Inputs: XFRM_MSG_EXPIRE for one of the tunnel's SAs
+//! (destination = this gateway → inbound) becomes `SoftExpire`/`HardExpire`,
+//! an ACQUIRE for its policy `Acquire`, session up/down
+//! `PeerConnected`/`PeerDisconnected`, an append or agreement on the peer's
+//! pool `PoolRefilled` for each of that peer's tunnels, and at start the
+//! tunnel's SAs found in the kernel (larval ones included) `Start`. After a
+//! netlink multicast overrun, SAs the engine lists in [`TunnelStatus::sas`]
+//! but the kernel no longer has should be reported as `HardExpire`.
 
 mod engine;
 pub mod events;

@@ -3,6 +3,7 @@
 //! step; message and keying unit tests; property tests over random event
 //! interleavings.
 
+mod fake_kernel;
 mod keying_tests;
 mod messages_tests;
 mod props;
