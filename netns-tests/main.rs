@@ -8,8 +8,19 @@
 //! so that a plain `cargo test` on a host without ESP does not run it.
 //!
 //! Scenarios, one module each: `tunnel`, `rekey`, `lifetime`, `ownership`
-//! (all need ESP) and `no_esp` (needs a kernel *without* ESP).
+//! (all need ESP) and `no_esp` (needs a kernel *without* ESP). The
+//! `agent_*` modules run real agent processes on a testbed
+//! ([`qkd_ipsec::testbed::AgentPair`]): end to end, rekey soak,
+//! eavesdropper, crash, hostile peer input, config errors and the demo.
 
+mod agent_config;
+mod agent_crash;
+mod agent_demo;
+mod agent_e2e;
+mod agent_eve;
+mod agent_hostile;
+mod agent_soak;
+mod agent_support;
 mod lifetime;
 mod no_esp;
 mod ownership;

@@ -43,9 +43,9 @@ const LOG_TAIL_LINES: usize = 40;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentPairError {
     #[error(transparent)]
-    Testbed(#[from] TestbedError),
+    Testbed(Box<TestbedError>),
     #[error(transparent)]
-    Teardown(#[from] TeardownError),
+    Teardown(Box<TeardownError>),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -88,6 +88,18 @@ pub enum AgentPairError {
     },
     #[error("this pair has no Eve")]
     NoEve,
+}
+
+impl From<TestbedError> for AgentPairError {
+    fn from(e: TestbedError) -> Self {
+        Self::Testbed(Box::new(e))
+    }
+}
+
+impl From<TeardownError> for AgentPairError {
+    fn from(e: TeardownError) -> Self {
+        Self::Teardown(Box::new(e))
+    }
 }
 
 fn exit_note(status: &Option<ExitStatus>) -> String {
@@ -391,6 +403,9 @@ impl AgentPair {
             .arg(&fraction_file)
             .arg("--report-interval")
             .arg("5");
+        if eve.record {
+            cmd.arg("--record").arg(self.eve_recording());
+        }
         let child = spawn_logged(cmd, &log, "eve")?;
         let process = Process {
             child: Some(child),
@@ -411,6 +426,13 @@ impl AgentPair {
     pub fn set_eve_fraction(&self, fraction: f64) -> Result<(), AgentPairError> {
         let (_, file, _) = self.eve.as_ref().ok_or(AgentPairError::NoEve)?;
         write_private(file, format!("{fraction}\n").as_bytes())
+    }
+
+    /// Where Eve writes her recording (with [`EveOptions::record`]).
+    ///
+    /// [`EveOptions::record`]: super::EveOptions::record
+    pub fn eve_recording(&self) -> PathBuf {
+        self.root.join("eve.frames")
     }
 
     /// What Eve printed so far.

@@ -82,6 +82,10 @@ pub struct EveOptions {
     /// Initial fraction of pulses intercepted (0..=1); changed at run time
     /// with [`super::AgentPair::set_eve_fraction`].
     pub fraction: f64,
+    /// Record the transmitter's classical frames of the first connection
+    /// (`eve --record`) for `eve hostile --attack replay`; see
+    /// [`super::AgentPair::eve_recording`].
+    pub record: bool,
 }
 
 /// What an [`super::AgentPair`] sets up.

@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn versions_sort_numerically() {
-        let mut v = vec![version_key("6.1.0-56-amd64"), version_key("6.1.0-9-amd64")];
+        let mut v = [version_key("6.1.0-56-amd64"), version_key("6.1.0-9-amd64")];
         v.sort();
         assert_eq!(v[1], vec![6, 1, 0, 56]);
     }
