@@ -164,7 +164,10 @@ fn parse_xfrm_state(text: &str) -> Vec<KernelSa> {
 
 fn hex_secret(hex: &str) -> SecretBytes {
     let digits = hex.trim_start_matches("0x").as_bytes();
-    assert!(digits.len() % 2 == 0, "odd-length key in ip xfrm state");
+    assert!(
+        digits.len().is_multiple_of(2),
+        "odd-length key in ip xfrm state"
+    );
     let mut key = SecretBytes::zeroed(digits.len() / 2);
     for (i, pair) in digits.chunks(2).enumerate() {
         let nibble = |c: u8| (c as char).to_digit(16).expect("hex digit") as u8;

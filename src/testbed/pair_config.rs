@@ -294,3 +294,94 @@ pub(crate) fn render_config(
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, pair};
+    use crate::netns::Netns;
+    use crate::testbed::{Gateway, Host};
+    use crate::xfrm::Prefix;
+
+    /// The standard addressing without namespaces (nothing is created).
+    fn paper_testbed() -> Testbed {
+        let v4 = |a, b, c, d| IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d));
+        let gw = |name: &str, wan, lan, site| Gateway {
+            name: name.into(),
+            netns: Netns::Current,
+            wan,
+            lan,
+            site,
+        };
+        let host = |name: &str, addr| Host {
+            name: name.into(),
+            netns: Netns::Current,
+            addr,
+        };
+        Testbed {
+            prefix: "paper".into(),
+            gw_a: gw(
+                "a",
+                v4(192, 0, 2, 1),
+                v4(10, 1, 0, 1),
+                Prefix::new(v4(10, 1, 0, 0), 24),
+            ),
+            gw_b: gw(
+                "b",
+                v4(192, 0, 2, 2),
+                v4(10, 2, 0, 1),
+                Prefix::new(v4(10, 2, 0, 0), 24),
+            ),
+            host_a: host("ha", v4(10, 1, 0, 2)),
+            host_b: host("hb", v4(10, 2, 0, 2)),
+            created: Vec::new(),
+        }
+    }
+
+    fn both(opts: &AgentPairOptions) -> (Config, Config) {
+        let bed = paper_testbed();
+        let root = Path::new("/nonexistent/qkd-pair");
+        let parse = |side| {
+            let files = GatewayFiles::under(root, side);
+            let text = render_config(side, opts, &bed, &files);
+            Config::parse(&text, &files.config).unwrap_or_else(|e| panic!("{side}: {e}\n{text}"))
+        };
+        (parse(Side::A), parse(Side::B))
+    }
+
+    #[test]
+    fn rendered_configs_are_valid_and_match_each_other() {
+        let mut opts = AgentPairOptions::new("t", "/bin/true");
+        opts.rekey_interval = Duration::from_secs(2);
+        opts.lifetime = LifetimeOptions {
+            soft_packets: Some(200),
+            hard_packets: Some(10_000),
+            ..LifetimeOptions::default()
+        };
+        opts.on_stop = OnStop::RemoveAll;
+        let (a, b) = both(&opts);
+        let findings = pair::check_pair(&a, &b, pair::PairCredentials::default());
+        assert!(
+            findings.is_empty(),
+            "{:?}",
+            findings.iter().map(|f| f.render()).collect::<Vec<_>>()
+        );
+        assert_eq!(a.tunnels[0].rekey_interval, Duration::from_secs(2));
+        assert_eq!(a.gateway.on_stop, OnStop::RemoveAll);
+        assert_eq!(b.gateway.listen, Some("192.0.2.2:9813".parse().unwrap()));
+        assert!(a.tunnels[0].initiator && !b.tunnels[0].initiator);
+    }
+
+    #[test]
+    fn with_eve_the_transmitter_dials_her() {
+        let mut opts = AgentPairOptions::new("t", "/bin/true");
+        opts.eve = Some(EveOptions {
+            side: Side::B,
+            fraction: 1.0,
+            record: false,
+        });
+        let (a, _) = both(&opts);
+        let dial = a.peers[0].address.as_ref().expect("address").to_string();
+        assert_eq!(dial, format!("192.0.2.2:{EVE_PORT}"));
+    }
+}
