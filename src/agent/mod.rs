@@ -15,8 +15,14 @@
 //! This module wires; it holds no protocol logic of its own.
 
 pub mod control;
+mod kernel_events;
+mod peer_status;
 pub mod peer_task;
 pub mod qkd_task;
+mod supervisor;
+pub mod tunnel_task;
+
+pub use supervisor::run;
 
 use thiserror::Error;
 
@@ -32,4 +38,6 @@ pub enum AgentError {
     Store(#[from] crate::keys::StoreError),
     #[error("agent task failed: {0}")]
     Task(String),
+    #[error("{what}: {reason}")]
+    Setup { what: String, reason: String },
 }

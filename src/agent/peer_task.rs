@@ -87,7 +87,18 @@ impl PeerTask {
                     }
                 }
                 Some(m) = self.control_rx.recv() => {
-                    let Some(a) = agreement.as_mut().filter(|a| a.session == m.session) else { continue };
+                    if agreement.as_ref().map(|a| a.session) != Some(m.session) {
+                        // The peer's first frames can overtake the state
+                        // watch: a frame of the link's current session
+                        // starts its agreement here.
+                        if self.handle.session().map(|s| s.session) != Some(m.session) {
+                            continue;
+                        }
+                        self.ready.send_replace(None);
+                        agreement = Some(Agreement { session: m.session, rounds: 0, ours: None, theirs: None });
+                        self.send_summary().await;
+                    }
+                    let Some(a) = agreement.as_mut() else { continue };
                     self.on_control(a, m).await?;
                 }
                 _ = switch_tick.tick() => self.maybe_switch_channel_key(&mut last_switch).await,

@@ -2,6 +2,7 @@
 //! in a file of its own (`src/cli/<command>.rs`); this module only parses
 //! and dispatches. `anyhow` is used here and not below.
 
+mod agent;
 pub mod check_config;
 mod demo;
 mod eve;
@@ -21,6 +22,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the agent of this gateway (foreground; SIGTERM stops it).
+    Agent(agent::AgentArgs),
     /// Lab eavesdropper: intercept–resend on the simulated fibre stream.
     Eve(Box<eve::EveCommand>),
     /// Check a gateway configuration file (and optionally its peer's).
@@ -40,6 +43,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result: anyhow::Result<()> = match cli.command {
+        Command::Agent(args) => args.exec(),
         Command::Eve(cmd) => cmd.exec(),
         Command::CheckConfig(c) => c.exec(),
         Command::Status(args) => args.exec(),

@@ -77,7 +77,8 @@ pub use lifetime::{LifetimeSection, MAX_PACKETS_WITHOUT_ESN};
 pub use link::{LinkSection, PostprocessingSection};
 pub use peer::{ChannelSection, Peer, PeerSection, QkdRole};
 pub use secrets::{
-    DEFAULT_CREDENTIALS_SOURCE, MIN_BOOTSTRAP_SECRET_BYTES, SecretLocation, bootstrap_credential,
+    CHANNEL_BOOTSTRAP_BYTES, DEFAULT_CREDENTIALS_SOURCE, MIN_BOOTSTRAP_SECRET_BYTES,
+    SecretLocation, bootstrap_credential,
 };
 pub use tunnel::{Keying, SaTemplate, Tunnel, TunnelMode, TunnelSection, derived_reqid};
 pub use values::{HumanDuration, PeerAddress, RekeyJitter, check_name};

@@ -307,6 +307,10 @@ pub struct RekeyEvent {
     pub at_unix_ms: u64,
     pub cause: RekeyCause,
     pub generation: u64,
+    /// From the trigger (initiator) or the peer's first message (responder)
+    /// to the old outbound SA being gone, when the agent knows it.
+    #[serde(default)]
+    pub latency_us: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

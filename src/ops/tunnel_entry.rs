@@ -127,6 +127,7 @@ impl TunnelReporter {
                 at_unix_ms: unix_ms(now),
                 cause,
                 generation,
+                latency_us: None,
             });
             s.rekeys[cause.index()].ok += 1;
             e.set_state(TunnelState::Up, now);
@@ -169,6 +170,13 @@ impl TunnelReporter {
     /// When the next timer rekey is due (`None`: not scheduled).
     pub fn set_next_rekey(&self, at: Option<SystemTime>) {
         write(&self.entry).snap.next_rekey_at_unix_ms = at.map(unix_ms);
+    }
+
+    /// How long the last completed rekey took (see [`RekeyEvent::latency_us`]).
+    pub fn set_last_rekey_latency(&self, latency: std::time::Duration) {
+        if let Some(r) = write(&self.entry).snap.last_rekey.as_mut() {
+            r.latency_us = Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        }
     }
 
     /// Key bytes taken from the pool but never installed (a failed or

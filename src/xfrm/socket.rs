@@ -142,7 +142,7 @@ impl XfrmSocket {
         &self,
         operation: &'static str,
         message_type: u16,
-        payload: &dyn Emitable,
+        payload: &(dyn Emitable + Sync),
         reply: Reply,
         mut on_message: F,
     ) -> Result<(), XfrmError>

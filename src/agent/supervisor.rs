@@ -1,0 +1,512 @@
+//! Start-up, wiring and shutdown of the agent (see [`super`] for the task
+//! layout).
+//!
+//! Start-up order, chosen so that nothing ever flows in clear text:
+//! 1. XFRM handle and event subscription in the configured namespace;
+//! 2. every tunnel's policies (an SA-less policy drops its traffic);
+//! 3. pools (opened, bootstrap block 0 on first start), channel-key records,
+//!    the peer listener and links;
+//! 4. status board, status socket, metrics, per-peer and per-tunnel tasks;
+//! 5. `READY=1` to systemd.
+//!
+//! Shutdown (cancel): tasks stop, then `gateway.on_stop` decides whether the
+//! SAs and policies this agent owns stay (default: traffic stays encrypted
+//! until the SAs' hard lifetime, then the policies drop it) or go.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::CHANNEL_BOOTSTRAP_BYTES;
+use crate::config::{Config, MIN_BOOTSTRAP_SECRET_BYTES, OnStop, Peer, Tunnel};
+use crate::keys::{BlockId, PersistedPool, PoolKey};
+use crate::ops::{
+    Liveness, MetricsServer, PeerReporter, PeerRole, StatusBoard, StatusServer, SystemdNotify,
+    spawn_notify_task,
+};
+use crate::peer::{
+    Backoff, ChannelKeyStore, Endpoint, FrameLimits, LinkConfig, ListenerConfig, PeerHandle,
+    PeerLink, PeerListener,
+};
+use crate::qkd::auth::AUTH_KEY_BYTES_PER_BLOCK;
+use crate::rekey::{OwnedSa, RekeyConfig, RekeyEngine, RekeyRole};
+use crate::secret::SecretBytes;
+use crate::secret::file::{ensure_private_dir, load_secret_file};
+use crate::xfrm::{PolicySpec, XfrmError, XfrmEvents, XfrmHandle};
+
+use super::AgentError;
+use super::kernel_events::{Route, dispatch};
+use super::peer_status::{PeerObserver, report_link};
+use super::peer_task::{PeerTask, TunnelInbound};
+use super::qkd_task::{QkdTask, lock};
+use super::tunnel_task::{TunnelEvent, TunnelTask, direction_of};
+
+/// Pool bytes of the transmitter's region kept for the QKD link's
+/// transcript tags: enough for this many blocks.
+const AUTH_RESERVE_BLOCKS: u64 = 4;
+/// The transmitter moves the peer channel to a fresh pool key this often.
+const CHANNEL_KEY_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long tasks get to stop before shutdown goes on without them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The supervisor proves it is alive to the watchdog this often.
+const BEAT: Duration = Duration::from_secs(1);
+
+/// One peer's pieces the tunnels need.
+struct PeerParts {
+    handle: PeerHandle,
+    pool: Arc<Mutex<PersistedPool>>,
+    ready: watch::Receiver<Option<u64>>,
+    reporter: PeerReporter,
+}
+
+/// Runs the agent for `config` until `cancel`, then stops as configured.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
+    for w in &config.warnings {
+        tracing::warn!(field = %w.path, "{}", w.message);
+    }
+    let gw = &config.gateway;
+    let netns = gw.xfrm_netns().map_err(|e| setup("XFRM namespace", e))?;
+    let xfrm = Arc::new(XfrmHandle::connect(&netns, gw.ownership.clone()).await?);
+    let events = XfrmEvents::subscribe(&netns, Some(gw.ownership.clone())).await?;
+    for t in &config.tunnels {
+        install_policies(&xfrm, t).await?;
+    }
+    tracing::info!(
+        tunnels = config.tunnels.len(),
+        "policies installed: tunnel traffic is dropped until its SAs exist"
+    );
+
+    let tasks = TaskTracker::new();
+    let failure = Failure::default();
+    let result = serve(&config, &xfrm, events, &tasks, &failure, cancel.clone()).await;
+    // Whatever happened, stop every task before touching the kernel again.
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(STOP_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within {STOP_TIMEOUT:?}");
+    }
+    stop_kernel_state(&xfrm, gw.on_stop).await;
+    result?;
+    match failure.0.get() {
+        Some(what) => Err(AgentError::Task(what.clone())),
+        None => Ok(()),
+    }
+}
+
+async fn serve(
+    config: &Config,
+    xfrm: &Arc<XfrmHandle>,
+    events: XfrmEvents,
+    tasks: &TaskTracker,
+    failure: &Failure,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let gw = &config.gateway;
+    ensure_private_dir(&gw.state_dir).map_err(|e| setup("state directory", e))?;
+    let pool_key_path = gw
+        .pool_key
+        .resolve_from_env()
+        .map_err(|e| setup("gateway.pool_key", e))?;
+    let pool_key = PoolKey::load(&pool_key_path)?;
+
+    let board = StatusBoard::new(gw.name.clone());
+    let listener = match gw.listen {
+        Some(addr) if config.peers.iter().any(|p| !p.dials()) => {
+            Some(PeerListener::bind(addr, ListenerConfig::default(), tasks, cancel.clone()).await?)
+        }
+        _ => None,
+    };
+
+    // Tunnel queues first: the peer tasks route control messages to them.
+    let mut tunnel_inbound: HashMap<String, HashMap<String, mpsc::Sender<TunnelInbound>>> =
+        HashMap::new();
+    let mut tunnel_rx = HashMap::new();
+    let mut event_tx: HashMap<String, Vec<mpsc::Sender<TunnelEvent>>> = HashMap::new();
+    let mut routes = HashMap::new();
+    for t in &config.tunnels {
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let (ev_tx, ev_rx) = mpsc::channel(64);
+        tunnel_inbound
+            .entry(t.peer.clone())
+            .or_default()
+            .insert(t.name.clone(), in_tx);
+        event_tx
+            .entry(t.peer.clone())
+            .or_default()
+            .push(ev_tx.clone());
+        routes.insert(
+            t.reqid,
+            Route {
+                tunnel: t.clone(),
+                tx: ev_tx,
+            },
+        );
+        tunnel_rx.insert(t.name.clone(), (in_rx, ev_rx));
+    }
+
+    let mut peers = HashMap::new();
+    for p in &config.peers {
+        let parts = start_peer(
+            config,
+            p,
+            &pool_key,
+            listener.as_ref(),
+            &board,
+            tunnel_inbound.remove(&p.name).unwrap_or_default(),
+            event_tx.remove(&p.name).unwrap_or_default(),
+            tasks,
+            failure,
+            &cancel,
+        )
+        .await?;
+        peers.insert(p.name.clone(), parts);
+    }
+
+    let owned = xfrm.list_owned_sas().await?;
+    for t in &config.tunnels {
+        let peer = &peers[&t.peer];
+        let (inbound, events) = tunnel_rx.remove(&t.name).expect("queues made above");
+        let owned: Vec<OwnedSa> = owned
+            .iter()
+            .filter(|i| i.id.reqid() == t.reqid)
+            .map(|i| OwnedSa {
+                dir: direction_of(t, i.id.dst()),
+                spi: i.id.spi(),
+            })
+            .collect();
+        if !owned.is_empty() {
+            tracing::info!(tunnel = %t.name, sas = owned.len(), "found SAs of this tunnel from before; they are replaced");
+        }
+        let task = TunnelTask {
+            tunnel: t.clone(),
+            engine: Box::new(new_engine(t)?),
+            owned,
+            xfrm: Arc::clone(xfrm),
+            pool: Arc::clone(&peer.pool),
+            reserve: AUTH_RESERVE_BLOCKS * AUTH_KEY_BYTES_PER_BLOCK as u64,
+            peer: peer.handle.clone(),
+            ready: peer.ready.clone(),
+            inbound,
+            events,
+            reporter: board.register_tunnel(&t.name, &t.peer),
+            peer_reporter: peer.reporter.clone(),
+            cancel: cancel.clone(),
+        };
+        let name = t.name.clone();
+        tasks.spawn(failure.watch(format!("tunnel {name}"), cancel.clone(), task.run()));
+    }
+    tasks.spawn(dispatch(events, routes, cancel.clone()));
+
+    StatusServer::bind(&gw.status_socket)
+        .map_err(|e| setup("status socket", e))?
+        .spawn(board.clone(), tasks, cancel.clone());
+    if let Some(addr) = gw.metrics_listen {
+        MetricsServer::bind(addr)
+            .await
+            .map_err(|e| setup("metrics listener", e))?
+            .spawn(board.clone(), tasks, cancel.clone());
+    }
+    let notify = Arc::new(SystemdNotify::from_env().map_err(|e| setup("systemd notify", e))?);
+    let liveness = Liveness::new();
+    spawn_notify_task(
+        Arc::clone(&notify),
+        Arc::clone(&liveness),
+        board.clone(),
+        tasks,
+        cancel.clone(),
+    );
+    if let Err(e) = notify.ready() {
+        tracing::warn!(error = %e, "READY=1 notification failed");
+    }
+    tracing::info!(gateway = %gw.name, peers = config.peers.len(), tunnels = config.tunnels.len(),
+        status_socket = %gw.status_socket.display(), "agent running");
+
+    let mut beat = tokio::time::interval(BEAT);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            _ = beat.tick() => liveness.beat(),
+        }
+    }
+}
+
+/// Opens one peer's pool and channel record and starts its link, its
+/// session task and its QKD task.
+#[allow(clippy::too_many_arguments)]
+async fn start_peer(
+    config: &Config,
+    p: &Peer,
+    pool_key: &PoolKey,
+    listener: Option<&PeerListener>,
+    board: &StatusBoard,
+    tunnels: HashMap<String, mpsc::Sender<TunnelInbound>>,
+    tunnel_events: Vec<mpsc::Sender<TunnelEvent>>,
+    tasks: &TaskTracker,
+    failure: &Failure,
+    cancel: &CancellationToken,
+) -> Result<PeerParts, AgentError> {
+    let gw = &config.gateway;
+    let field = format!("peer {}: bootstrap_secret", p.name);
+    let path = p
+        .bootstrap_secret
+        .resolve_from_env()
+        .map_err(|e| setup(&field, e))?;
+    let bootstrap = load_secret_file(&path).map_err(|e| setup(&field, e))?;
+    if bootstrap.len() < MIN_BOOTSTRAP_SECRET_BYTES {
+        return Err(setup(
+            &field,
+            format!(
+                "{} holds {} bytes; at least {MIN_BOOTSTRAP_SECRET_BYTES} are needed",
+                path.display(),
+                bootstrap.len()
+            ),
+        ));
+    }
+    let (channel_secret, first_block) = split_bootstrap(&bootstrap);
+
+    let mut pool = PersistedPool::open(&gw.state_dir, &p.name, p.role, pool_key)?;
+    if pool.pool().high_water().is_none() {
+        // First start with this peer: block 0 is the bootstrap secret's
+        // tail, which authenticates the first QKD block (both sides do the
+        // same, so the pools start equal).
+        pool.append(BlockId(0), first_block)?;
+        tracing::info!(peer = %p.name, "key pool created with the bootstrap block");
+    }
+    let pool = Arc::new(Mutex::new(pool));
+    let record = gw.state_dir.join(format!("{}.channel", p.name));
+    let store = ChannelKeyStore::open(&record, channel_secret)?;
+
+    let endpoint = if p.dials() {
+        let address = p
+            .address
+            .as_ref()
+            .ok_or_else(|| setup(&format!("peer {}: address", p.name), "missing"))?;
+        Endpoint::Dial(resolve(address.to_string()).await?)
+    } else {
+        let l = listener.ok_or_else(|| {
+            setup(
+                "gateway.listen",
+                format!("peer {} dials in, so this gateway must listen", p.name),
+            )
+        })?;
+        Endpoint::Accept(l.clone())
+    };
+    let link_cfg = link_config(&gw.name, p);
+    let channel_pool: Arc<dyn crate::peer::ChannelKeyPool> = pool.clone();
+    let (handle, rx) = PeerLink::spawn(
+        link_cfg,
+        endpoint,
+        store,
+        channel_pool,
+        tasks,
+        cancel.clone(),
+    )?;
+
+    let reporter = board.register_peer(&p.name, peer_role(p.role));
+    reporter.set_pool(&lock(&pool).status());
+    let (ready_tx, ready_rx) = watch::channel(None);
+    let peer_task = PeerTask {
+        peer: p.name.clone(),
+        role: p.role,
+        handle: handle.clone(),
+        control_rx: rx.control,
+        pool: Arc::clone(&pool),
+        ready: ready_tx,
+        tunnels,
+        channel_key_interval: CHANNEL_KEY_INTERVAL,
+        cancel: cancel.clone(),
+    };
+    tasks.spawn(failure.watch(format!("peer {}", p.name), cancel.clone(), peer_task.run()));
+    let observer = Arc::new(PeerObserver {
+        reporter: reporter.clone(),
+        pool: Arc::clone(&pool),
+        tunnels: tunnel_events,
+    });
+    let qkd = QkdTask {
+        peer: p.name.clone(),
+        role: p.role,
+        cfg: p.block_config(),
+        pulse_rate_hz: p.pulse_rate_hz(),
+        handle: handle.clone(),
+        fibre_rx: rx.fibre,
+        qkd_rx: rx.qkd,
+        pool: Arc::clone(&pool),
+        ready: ready_rx.clone(),
+        observer,
+        cancel: cancel.clone(),
+    };
+    tasks.spawn(failure.watch(format!("QKD link {}", p.name), cancel.clone(), qkd.run()));
+    tasks.spawn(report_link(
+        handle.clone(),
+        reporter.clone(),
+        Arc::clone(&pool),
+        cancel.clone(),
+    ));
+    Ok(PeerParts {
+        handle,
+        pool,
+        ready: ready_rx,
+        reporter,
+    })
+}
+
+/// The bootstrap secret's two uses: the first 32 bytes key the peer
+/// channel until QKD key replaces them, the rest is pool block 0.
+fn split_bootstrap(b: &SecretBytes) -> (SecretBytes, SecretBytes) {
+    let raw = b.expose();
+    (
+        SecretBytes::from_slice(&raw[..CHANNEL_BOOTSTRAP_BYTES]),
+        SecretBytes::from_slice(&raw[CHANNEL_BOOTSTRAP_BYTES..]),
+    )
+}
+
+fn link_config(local: &str, p: &Peer) -> LinkConfig {
+    let ch = &p.channel;
+    let mut c = LinkConfig::new(local, &p.name, p.role);
+    c.limits = FrameLimits {
+        fibre: ch.max_fibre_frame_bytes,
+        qkd: ch.max_qkd_frame_bytes,
+        control: ch.max_control_frame_bytes,
+    };
+    c.handshake_timeout = ch.handshake_timeout.0;
+    c.keepalive_interval = ch.keepalive_interval.0;
+    c.idle_timeout = ch.idle_timeout.0;
+    c.backoff = Backoff {
+        initial: ch.backoff_min.0,
+        max: ch.backoff_max.0,
+    };
+    c
+}
+
+async fn resolve(address: String) -> Result<SocketAddr, AgentError> {
+    let mut addrs = tokio::net::lookup_host(&address)
+        .await
+        .map_err(|e| setup(&format!("peer address {address}"), e))?;
+    addrs
+        .next()
+        .ok_or_else(|| setup(&format!("peer address {address}"), "resolves to nothing"))
+}
+
+fn new_engine(t: &Tunnel) -> Result<RekeyEngine, AgentError> {
+    let role = if t.initiator {
+        RekeyRole::Initiator
+    } else {
+        RekeyRole::Responder
+    };
+    let keying = match t.keying {
+        crate::config::Keying::Direct => crate::rekey::KeyingMode::Direct,
+        crate::config::Keying::Wrapped => crate::rekey::KeyingMode::Wrapped,
+    };
+    let mut cfg = RekeyConfig::new(t.name.clone(), role, keying, t.rekey_interval);
+    cfg.jitter = t.rekey_jitter.min(t.rekey_interval / 2);
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| setup("OS random generator", e))?;
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed);
+    RekeyEngine::new(cfg, std::time::Instant::now(), &mut rng)
+        .map_err(|e| setup(&format!("tunnel {}", t.name), e))
+}
+
+/// Installs a tunnel's policies; one left by an earlier run of this agent
+/// (`on_stop = "keep"`, or a crash) is kept as it is.
+async fn install_policies(xfrm: &XfrmHandle, t: &Tunnel) -> Result<(), AgentError> {
+    for spec in t.policies() {
+        match xfrm.add_policy(&spec).await {
+            Ok(_) => {}
+            Err(XfrmError::PolicyExists { .. }) if owned_policy_exists(xfrm, &spec).await? => {
+                tracing::debug!(tunnel = %t.name, "policy from an earlier run kept");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn owned_policy_exists(xfrm: &XfrmHandle, spec: &PolicySpec) -> Result<bool, AgentError> {
+    let want = spec.id();
+    Ok(xfrm.list_owned_policies().await?.iter().any(|p| {
+        p.id.selector() == want.selector()
+            && p.id.direction() == want.direction()
+            && p.id.reqid() == want.reqid()
+    }))
+}
+
+/// Applies `gateway.on_stop` to what this agent owns in the kernel.
+async fn stop_kernel_state(xfrm: &XfrmHandle, on_stop: OnStop) {
+    match on_stop {
+        OnStop::Keep => {
+            tracing::info!("{}", on_stop.consequence());
+        }
+        OnStop::RemoveSas => {
+            let sas = match xfrm.list_owned_sas().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list SAs to remove them");
+                    return;
+                }
+            };
+            for sa in sas {
+                if let Err(e) = xfrm.delete_sa(&sa.id).await {
+                    tracing::error!(error = %e, spi = sa.id.spi(), "removing an SA failed");
+                }
+            }
+            tracing::info!("{}", on_stop.consequence());
+        }
+        OnStop::RemoveAll => match xfrm.remove_owned().await {
+            Ok(r) => tracing::info!(removed = ?r, "{}", on_stop.consequence()),
+            Err(e) => tracing::error!(error = %e, "removing SAs and policies failed"),
+        },
+    }
+}
+
+/// The first task failure, which stops the whole agent: a half-running
+/// agent would leave tunnels unmanaged, while a stopped one is restarted by
+/// systemd and recovers from its persisted state.
+#[derive(Clone, Default)]
+struct Failure(Arc<OnceLock<String>>);
+
+impl Failure {
+    /// Runs a task; an error is recorded and cancels everything.
+    fn watch<F>(
+        &self,
+        name: String,
+        cancel: CancellationToken,
+        f: F,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        F: std::future::Future<Output = Result<(), AgentError>> + Send + 'static,
+    {
+        let this = self.clone();
+        async move {
+            match f.await {
+                Ok(()) => tracing::debug!(task = %name, "task stopped"),
+                Err(e) => {
+                    tracing::error!(task = %name, error = %e, "task failed; stopping the agent");
+                    let _ = this.0.set(format!("{name}: {e}"));
+                    cancel.cancel();
+                }
+            }
+        }
+    }
+}
+
+fn setup(what: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Setup {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn peer_role(r: crate::keys::Role) -> PeerRole {
+    match r {
+        crate::keys::Role::Transmitter => PeerRole::Transmitter,
+        crate::keys::Role::Receiver => PeerRole::Receiver,
+    }
+}

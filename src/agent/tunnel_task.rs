@@ -1,0 +1,564 @@
+//! One tunnel's task: drives its [`RekeyEngine`] with the kernel, the peer
+//! channel, one timer and the pool, as the table in [`crate::rekey`] says.
+//!
+//! Owns the mapping of engine actions onto [`XfrmHandle`] calls and control
+//! frames, and of engine state onto the status board. Must not decide
+//! anything about rekeying (the engine does) and never touches policies:
+//! they are installed once by the supervisor, so a tunnel whose SAs are gone
+//! drops its traffic (fail closed).
+//!
+//! Every call into the engine runs on a blocking thread, because a pool take
+//! writes and fsyncs the pool's journal before it returns a key (a crash may
+//! waste key but never reuse it). Kernel requests run in the order the
+//! engine emitted them, each answered before the next action.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Tunnel;
+use crate::keys::{KeyRef, KeyUse, PersistedPool};
+use crate::ops::{PeerReporter, RekeyCause, SaUsage, TunnelReporter, TunnelState};
+use crate::peer::{PeerHandle, Stream};
+use crate::rekey::{
+    AbandonReason, Alarm, EngineState, KernelFailure, KernelOutcome, KernelRequest, KeySource,
+    OwnedSa, RekeyAction, RekeyEngine, RekeyEnv, RekeyInput, RekeyNotice, SaDirection, Spi,
+    TakeError, Trigger, TunnelStatus,
+};
+use crate::secret::SecretBytes;
+use crate::xfrm::{SaId, XfrmError, XfrmHandle};
+
+use super::AgentError;
+use super::control::ControlMessage;
+use super::peer_task::TunnelInbound;
+use super::qkd_task::lock;
+
+/// How often the kernel's byte and packet counters of the current SAs are
+/// copied to the status board.
+const USAGE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Kernel events and pool news for one tunnel, from the supervisor's
+/// dispatchers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEvent {
+    SoftExpire {
+        dir: SaDirection,
+        spi: Spi,
+    },
+    HardExpire {
+        dir: SaDirection,
+        spi: Spi,
+    },
+    Acquire,
+    PoolRefilled,
+    /// XFRM events were lost: compare the engine's SAs with the kernel's.
+    Resync,
+}
+
+/// The direction of one of a tunnel's SAs, from its destination.
+pub fn direction_of(tunnel: &Tunnel, dst: IpAddr) -> SaDirection {
+    if dst == tunnel.local_endpoint {
+        SaDirection::Inbound
+    } else {
+        SaDirection::Outbound
+    }
+}
+
+/// The pool as the rekey engine sees it, less a reserve for the QKD link:
+/// every block's transcript tags consume one-time key from the pool
+/// ([`crate::qkd::auth::AUTH_KEY_BYTES_PER_BLOCK`]), so if SA keys drained
+/// it the link could never produce key again. Takes that would leave less
+/// than the reserve are refused as exhausted; accepting the peer's
+/// references is never refused (the peer has already taken them).
+pub struct ReservedPool<'a> {
+    pub pool: &'a mut PersistedPool,
+    pub reserve: u64,
+}
+
+impl KeySource for ReservedPool<'_> {
+    fn take(&mut self, key_use: KeyUse, len: u32) -> Result<(KeyRef, SecretBytes), TakeError> {
+        let own = self.pool.pool().available_for(self.pool.pool().role());
+        if own < u64::from(len) + self.reserve {
+            return Err(TakeError::Exhausted {
+                available: own.saturating_sub(self.reserve),
+            });
+        }
+        KeySource::take(self.pool, key_use, len)
+    }
+
+    fn take_at(&mut self, key_ref: &KeyRef, key_use: KeyUse) -> Result<SecretBytes, TakeError> {
+        KeySource::take_at(self.pool, key_ref, key_use)
+    }
+}
+
+pub struct TunnelTask {
+    pub tunnel: Tunnel,
+    pub engine: Box<RekeyEngine>,
+    /// This tunnel's SAs found in the kernel at start.
+    pub owned: Vec<OwnedSa>,
+    pub xfrm: Arc<XfrmHandle>,
+    pub pool: Arc<Mutex<PersistedPool>>,
+    /// Pool bytes of this side's region that SA keys must leave alone.
+    pub reserve: u64,
+    pub peer: PeerHandle,
+    /// `Some(session)` while the pool is agreed for that session.
+    pub ready: watch::Receiver<Option<u64>>,
+    pub inbound: mpsc::Receiver<TunnelInbound>,
+    pub events: mpsc::Receiver<TunnelEvent>,
+    pub reporter: TunnelReporter,
+    pub peer_reporter: PeerReporter,
+    pub cancel: CancellationToken,
+}
+
+/// What the task keeps between inputs besides the engine.
+struct Driver {
+    wake: Option<Instant>,
+    rng: Option<ChaCha20Rng>,
+    engine: Option<Box<RekeyEngine>>,
+    /// What most recently could have started an exchange (for the board).
+    cause: RekeyCause,
+    shown: Option<TunnelState>,
+    /// Both directions have had an SA at some point (before that the
+    /// tunnel is starting, not failed).
+    ever_up: bool,
+}
+
+/// The parts of a tunnel task its steps borrow.
+struct Ctx {
+    tunnel: Tunnel,
+    xfrm: Arc<XfrmHandle>,
+    pool: Arc<Mutex<PersistedPool>>,
+    reserve: u64,
+    peer: PeerHandle,
+    reporter: TunnelReporter,
+    peer_reporter: PeerReporter,
+}
+
+impl TunnelTask {
+    pub async fn run(self) -> Result<(), AgentError> {
+        let TunnelTask {
+            tunnel,
+            engine,
+            owned,
+            xfrm,
+            pool,
+            reserve,
+            peer,
+            mut ready,
+            mut inbound,
+            mut events,
+            reporter,
+            peer_reporter,
+            cancel,
+        } = self;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed)
+            .map_err(|e| AgentError::Task(format!("OS random generator: {e}")))?;
+        let mut d = Driver {
+            wake: None,
+            rng: Some(ChaCha20Rng::from_seed(seed)),
+            engine: Some(engine),
+            cause: RekeyCause::Startup,
+            shown: None,
+            ever_up: false,
+        };
+        let cx = Ctx {
+            tunnel,
+            xfrm,
+            pool,
+            reserve,
+            peer,
+            reporter,
+            peer_reporter,
+        };
+        cx.feed(&mut d, RekeyInput::Start { owned }).await?;
+        let mut session = *ready.borrow_and_update();
+        if session.is_some() {
+            cx.feed(&mut d, RekeyInput::PeerConnected).await?;
+        }
+        let mut usage = tokio::time::interval(USAGE_REFRESH);
+        usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = d.wake;
+            let timer = async move {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                changed = ready.changed() => {
+                    if changed.is_err() { break; }
+                    let now = *ready.borrow_and_update();
+                    if now != session {
+                        if session.is_some() {
+                            cx.feed(&mut d, RekeyInput::PeerDisconnected).await?;
+                        }
+                        session = now;
+                        if session.is_some() {
+                            cx.feed(&mut d, RekeyInput::PeerConnected).await?;
+                        }
+                    }
+                }
+                Some(m) = inbound.recv() => {
+                    // Messages of an older session, or from before the pools
+                    // agreed, could name key the agreement discarded.
+                    if Some(m.session) == session {
+                        d.cause = RekeyCause::Peer;
+                        cx.feed(&mut d, RekeyInput::PeerMessage(m.payload)).await?;
+                    }
+                }
+                Some(e) = events.recv() => {
+                    let input = match e {
+                        TunnelEvent::SoftExpire { dir, spi } => {
+                            d.cause = RekeyCause::SoftExpire;
+                            RekeyInput::SoftExpire { dir, spi }
+                        }
+                        TunnelEvent::HardExpire { dir, spi } => {
+                            tracing::warn!(tunnel = %cx.tunnel.name, ?dir, spi = format_args!("{spi:#010x}"),
+                                "SA reached its hard lifetime; the kernel deleted it");
+                            RekeyInput::HardExpire { dir, spi }
+                        }
+                        TunnelEvent::Acquire => {
+                            d.cause = RekeyCause::Acquire;
+                            RekeyInput::Acquire
+                        }
+                        TunnelEvent::PoolRefilled => RekeyInput::PoolRefilled,
+                        TunnelEvent::Resync => {
+                            for input in cx.resync(&d).await {
+                                cx.feed(&mut d, input).await?;
+                            }
+                            continue;
+                        }
+                    };
+                    cx.feed(&mut d, input).await?;
+                }
+                () = timer => {
+                    d.wake = None;
+                    d.cause = RekeyCause::Timer;
+                    cx.feed(&mut d, RekeyInput::Tick).await?;
+                }
+                _ = usage.tick() => cx.refresh_usage(&d).await,
+            }
+        }
+        cx.reporter.set_state(TunnelState::Stopped);
+        Ok(())
+    }
+}
+
+impl Ctx {
+    /// Runs one input and everything it causes, in order.
+    async fn feed(&self, d: &mut Driver, input: RekeyInput) -> Result<(), AgentError> {
+        let mut queue: VecDeque<RekeyAction> = self.step(d, input).await?.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                RekeyAction::Kernel { op, request } => {
+                    let outcome = self.kernel(request).await;
+                    let more = self.step(d, RekeyInput::Kernel { op, outcome }).await?;
+                    queue.extend(more);
+                }
+                RekeyAction::Send(payload) => self.send(payload).await,
+                RekeyAction::WakeAt(t) => d.wake = Some(Instant::from_std(t)),
+                RekeyAction::Alarm { alarm, raised } => self.alarm(d, alarm, raised),
+                RekeyAction::Notice(n) => self.notice(d, n),
+            }
+        }
+        self.show(d);
+        Ok(())
+    }
+
+    /// One call into the engine, on a blocking thread (pool takes fsync).
+    async fn step(
+        &self,
+        d: &mut Driver,
+        input: RekeyInput,
+    ) -> Result<Vec<RekeyAction>, AgentError> {
+        let mut engine = d.engine.take().expect("engine present between steps");
+        let mut rng = d.rng.take().expect("rng present between steps");
+        let pool = Arc::clone(&self.pool);
+        let reserve = self.reserve;
+        let (engine, rng, actions) = tokio::task::spawn_blocking(move || {
+            let actions = {
+                let mut guard = lock(&pool);
+                let mut source = ReservedPool {
+                    pool: &mut guard,
+                    reserve,
+                };
+                let mut env = RekeyEnv {
+                    pool: &mut source,
+                    rng: &mut rng,
+                };
+                engine.handle(std::time::Instant::now(), input, &mut env)
+            };
+            (engine, rng, actions)
+        })
+        .await
+        .map_err(|e| AgentError::Task(format!("rekey engine panicked: {e}")))?;
+        d.engine = Some(engine);
+        d.rng = Some(rng);
+        Ok(actions)
+    }
+
+    /// Names one of this tunnel's SAs for the XFRM layer.
+    fn sa_id(&self, dir: SaDirection, spi: Spi) -> SaId {
+        let t = match dir {
+            SaDirection::Inbound => self.tunnel.inbound_sa(),
+            SaDirection::Outbound => self.tunnel.outbound_sa(),
+        };
+        SaId::new(t.src, t.dst, spi, t.reqid, t.mark)
+    }
+
+    async fn kernel(&self, request: KernelRequest) -> KernelOutcome {
+        let t = &self.tunnel;
+        let (what, result) = match request {
+            KernelRequest::AllocSpi => {
+                let s = t.inbound_sa();
+                let r = self
+                    .xfrm
+                    .allocate_spi(s.src, s.dst, s.reqid, s.mode, s.mark)
+                    .await;
+                ("allocate SPI", r.map(KernelOutcome::SpiAllocated))
+            }
+            KernelRequest::AddSa {
+                dir: SaDirection::Inbound,
+                spi,
+                key,
+                ..
+            } => {
+                let spec = t.inbound_sa().with_key(spi, key);
+                let r = self.xfrm.complete_allocated_sa(&spec).await;
+                ("add inbound SA", r.map(|_| KernelOutcome::Done))
+            }
+            KernelRequest::AddSa {
+                dir: SaDirection::Outbound,
+                spi,
+                key,
+                ..
+            } => {
+                let spec = t.outbound_sa().with_key(spi, key);
+                let r = self.xfrm.add_sa(&spec).await;
+                ("add outbound SA", r.map(|_| KernelOutcome::Done))
+            }
+            KernelRequest::DeleteSa { dir, spi } => {
+                let r = self.xfrm.delete_sa(&self.sa_id(dir, spi)).await;
+                ("delete SA", r.map(|()| KernelOutcome::Done))
+            }
+        };
+        result.unwrap_or_else(|e| {
+            let failure = classify(&e);
+            if failure != KernelFailure::NotFound {
+                tracing::warn!(tunnel = %t.name, error = %e, "{what} failed");
+            }
+            KernelOutcome::Failed(failure)
+        })
+    }
+
+    async fn send(&self, payload: Vec<u8>) {
+        let msg = ControlMessage::Rekey {
+            tunnel: self.tunnel.name.clone(),
+            payload,
+        };
+        if let Err(e) = self
+            .peer
+            .send(Stream::Control, Bytes::from(msg.encode()))
+            .await
+        {
+            // The engine retransmits; the session watch tells it when the
+            // peer is back.
+            tracing::debug!(tunnel = %self.tunnel.name, error = %e, "rekey message not sent");
+        }
+    }
+
+    fn alarm(&self, d: &Driver, alarm: Alarm, raised: bool) {
+        let tunnel = &self.tunnel.name;
+        match (alarm, raised) {
+            (Alarm::PoolExhausted, true) => {
+                tracing::warn!(%tunnel, "rekey due but the key pool is exhausted; current SAs stay until their hard lifetime, then traffic is dropped");
+                self.peer_reporter.pool_exhausted();
+            }
+            (Alarm::PoolExhausted, false) => {
+                tracing::info!(%tunnel, "key pool refilled; rekeying resumes");
+                self.peer_reporter.pool_refilled();
+            }
+            // Shown through the tunnel state (see `show`).
+            (Alarm::TrafficBlocked, true) => {
+                tracing::warn!(%tunnel, "a direction of the tunnel has no SA: its traffic is dropped (fail closed)");
+            }
+            (Alarm::TrafficBlocked, false) => {}
+            (other, true) => {
+                let what = match other {
+                    Alarm::PeerUnresponsive => "the peer does not answer rekey messages",
+                    Alarm::KeysRejected => "keys were rejected (pools disagree or keys tampered)",
+                    Alarm::ConfigMismatch => {
+                        "the peer's tunnel settings contradict ours (initiator or keying)"
+                    }
+                    _ => "rekey alarm",
+                };
+                tracing::error!(%tunnel, alarm = ?other, "{what}");
+                self.reporter.rekey_failed(d.cause, what);
+            }
+            (other, false) => tracing::info!(%tunnel, alarm = ?other, "alarm cleared"),
+        }
+    }
+
+    fn notice(&self, d: &Driver, notice: RekeyNotice) {
+        let tunnel = &self.tunnel.name;
+        match notice {
+            RekeyNotice::Completed {
+                id,
+                trigger,
+                latency,
+            } => {
+                let status = self.status(d);
+                let cause = trigger.map_or(RekeyCause::Peer, cause_of);
+                tracing::info!(%tunnel, exchange = %id, ?cause,
+                    spi_in = format_args!("{:#010x}", status.inbound_spi.unwrap_or(0)),
+                    spi_out = format_args!("{:#010x}", status.outbound_spi.unwrap_or(0)),
+                    latency_ms = latency.as_secs_f64() * 1e3,
+                    "rekey done: new SAs in both directions, old outbound SA removed");
+                self.reporter.sa_installed(
+                    id.generation,
+                    status.inbound_spi.unwrap_or(0),
+                    status.outbound_spi.unwrap_or(0),
+                    cause,
+                );
+                self.reporter.set_last_rekey_latency(latency);
+            }
+            RekeyNotice::Abandoned {
+                id,
+                reason,
+                wasted_bytes,
+            } => {
+                tracing::warn!(%tunnel, exchange = %id, ?reason, wasted_bytes,
+                    "rekey abandoned; its keys were dropped unused and it is retried with fresh keys");
+                self.reporter.add_wasted_key_bytes(wasted_bytes);
+                if reason != AbandonReason::Superseded {
+                    self.reporter
+                        .rekey_failed(d.cause, format!("abandoned: {reason:?}"));
+                }
+            }
+            RekeyNotice::PeerRestarted => {
+                tracing::info!(%tunnel, "the peer's rekey engine restarted")
+            }
+            RekeyNotice::MessageRejected { reason } => {
+                tracing::warn!(%tunnel, %reason, "rekey message from the peer dropped")
+            }
+        }
+    }
+
+    fn status(&self, d: &Driver) -> TunnelStatus {
+        d.engine
+            .as_ref()
+            .expect("engine present between steps")
+            .status(std::time::Instant::now())
+    }
+
+    /// Copies the engine's state to the board when it changed.
+    fn show(&self, d: &mut Driver) {
+        let st = self.status(d);
+        let both = st.inbound_spi.is_some() && st.outbound_spi.is_some();
+        d.ever_up |= both;
+        let state = match st.state {
+            EngineState::NotStarted => TunnelState::Starting,
+            _ if !both && !d.ever_up => TunnelState::Starting,
+            _ if !both => TunnelState::DownFailedClosed,
+            EngineState::Rekeying { .. } => TunnelState::Rekeying,
+            EngineState::WaitingForKeys => TunnelState::WaitingForKeys,
+            _ => TunnelState::Up,
+        };
+        if d.shown != Some(state) {
+            d.shown = Some(state);
+            self.reporter.set_state(state);
+        }
+        self.reporter.set_next_rekey(
+            st.next_rekey_ms
+                .map(|ms| SystemTime::now() + Duration::from_millis(ms)),
+        );
+    }
+
+    /// After lost XFRM events: SAs the engine holds but the kernel no longer
+    /// has are reported as hard-expired.
+    async fn resync(&self, d: &Driver) -> Vec<RekeyInput> {
+        let listed = match self.xfrm.list_owned_sas().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(tunnel = %self.tunnel.name, error = %e, "cannot list SAs to resynchronise");
+                return Vec::new();
+            }
+        };
+        let status = self.status(d);
+        status
+            .sas
+            .iter()
+            .filter(|s| {
+                !listed.iter().any(|i| {
+                    i.id.reqid() == self.tunnel.reqid
+                        && i.id.spi() == s.spi
+                        && direction_of(&self.tunnel, i.id.dst()) == s.dir
+                })
+            })
+            .map(|s| RekeyInput::HardExpire {
+                dir: s.dir,
+                spi: s.spi,
+            })
+            .collect()
+    }
+
+    /// Copies the current SAs' kernel counters to the board.
+    async fn refresh_usage(&self, d: &Driver) {
+        let st = self.status(d);
+        let mut usage = SaUsage::default();
+        for (dir, spi) in [
+            (SaDirection::Inbound, st.inbound_spi),
+            (SaDirection::Outbound, st.outbound_spi),
+        ] {
+            let Some(spi) = spi else { continue };
+            let Ok(info) = self.xfrm.get_sa(&self.sa_id(dir, spi)).await else {
+                continue;
+            };
+            let c = info.counters;
+            match dir {
+                SaDirection::Inbound => (usage.bytes_in, usage.packets_in) = (c.bytes, c.packets),
+                SaDirection::Outbound => {
+                    (usage.bytes_out, usage.packets_out) = (c.bytes, c.packets)
+                }
+            }
+        }
+        self.reporter.set_sa_usage(usage);
+    }
+}
+
+fn cause_of(t: Trigger) -> RekeyCause {
+    match t {
+        Trigger::Start => RekeyCause::Startup,
+        Trigger::Interval => RekeyCause::Timer,
+        Trigger::SoftExpire | Trigger::HardExpire => RekeyCause::SoftExpire,
+        Trigger::Acquire => RekeyCause::Acquire,
+        Trigger::PeerRequest => RekeyCause::Peer,
+    }
+}
+
+/// The engine's view of a kernel error (see the table in [`crate::rekey`]).
+fn classify(e: &XfrmError) -> KernelFailure {
+    use nix::errno::Errno;
+    match e {
+        XfrmError::SpiInUse { .. } => KernelFailure::Exists,
+        e => match e.errno() {
+            Some(Errno::EEXIST) => KernelFailure::Exists,
+            Some(Errno::ENOENT | Errno::ESRCH) => KernelFailure::NotFound,
+            Some(errno) => KernelFailure::Other {
+                errno: errno as i32,
+            },
+            None => KernelFailure::Other { errno: 0 },
+        },
+    }
+}
