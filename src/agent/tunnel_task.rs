@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Tunnel;
-use crate::keys::{KeyRef, KeyUse, PersistedPool};
+use crate::keys::{BlockId, KeyRef, KeyUse, PersistedPool};
 use crate::ops::{PeerReporter, RekeyCause, SaUsage, TunnelReporter, TunnelState};
 use crate::peer::{PeerHandle, Stream};
 use crate::rekey::{
@@ -91,12 +91,59 @@ impl KeySource for ReservedPool<'_> {
                 available: own.saturating_sub(self.reserve),
             });
         }
+        // Block 0 is the bootstrap secret's tail (see the supervisor):
+        // pre-shared bytes, there to authenticate the first QKD blocks, never
+        // to key an SA. The pool takes oldest block first, so a take would
+        // start with what is left of it. Once a QKD block is in the pool,
+        // the link's tags need block 0 no more: retire its rest of this
+        // side's region (a take of exactly that much, dropped at once), so
+        // that SA keys come from QKD blocks only; before that, wait.
+        let left = bootstrap_left(self.pool);
+        if left > 0 {
+            let qkd_blocks = self
+                .pool
+                .pool()
+                .high_water()
+                .is_some_and(|h| h > BlockId(0));
+            if !qkd_blocks {
+                return Err(TakeError::Exhausted { available: 0 });
+            }
+            // The retired bytes are dropped (zeroised) unused; a long
+            // secret goes in several takes (the recursion below).
+            let chunk = left.min(u64::from(crate::keys::pool::MAX_TAKE_BYTES)) as u32;
+            if let Err(e) = self.pool.take(KeyUse::Auth, chunk) {
+                tracing::warn!(error = %e, "cannot retire the rest of the bootstrap block");
+                return Err(TakeError::Exhausted { available: 0 });
+            }
+            tracing::info!(
+                bytes = chunk,
+                "bootstrap block retired: SA keys come from QKD blocks only"
+            );
+            return self.take(key_use, len);
+        }
         KeySource::take(self.pool, key_use, len)
     }
 
     fn take_at(&mut self, key_ref: &KeyRef, key_use: KeyUse) -> Result<SecretBytes, TakeError> {
         KeySource::take_at(self.pool, key_ref, key_use)
     }
+}
+
+/// Unconsumed bytes of block 0 in this side's region.
+fn bootstrap_left(pool: &PersistedPool) -> u64 {
+    let role = pool.pool().role();
+    pool.summary()
+        .blocks
+        .iter()
+        .find(|b| b.id == BlockId(0))
+        .map_or(0, |b| {
+            let (start, end) = role.region(b.len);
+            b.consumed
+                .gaps(start, end)
+                .iter()
+                .map(|&(a, z)| u64::from(z - a))
+                .sum()
+        })
 }
 
 pub struct TunnelTask {
@@ -560,5 +607,51 @@ fn classify(e: &XfrmError) -> KernelFailure {
             },
             None => KernelFailure::Other { errno: 0 },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{PoolKey, Role};
+    use crate::secret::Secret;
+    use crate::secret::file::TestDir;
+
+    fn pool(dir: &TestDir, role: Role) -> PersistedPool {
+        let key = PoolKey::from_secret(Secret::<32>::from_slice(&[7; 32]).unwrap());
+        PersistedPool::open(dir.path(), "peer", role, &key).unwrap()
+    }
+
+    /// SA keys never come from block 0 (the bootstrap secret's tail): none
+    /// before a QKD block exists, and afterwards only from QKD blocks,
+    /// whichever side initiates.
+    #[test]
+    fn sa_keys_never_come_from_the_bootstrap_block() {
+        for role in [Role::Transmitter, Role::Receiver] {
+            let dir = TestDir::new("reserved");
+            let mut p = pool(&dir, role);
+            p.append(BlockId(0), SecretBytes::from_slice(&[0xb0; 480]))
+                .unwrap();
+            let mut source = ReservedPool {
+                pool: &mut p,
+                reserve: 0,
+            };
+            assert!(matches!(
+                source.take(KeyUse::SaKey, 36),
+                Err(TakeError::Exhausted { .. })
+            ));
+            p.append(BlockId(1), SecretBytes::from_slice(&[0x51; 1000]))
+                .unwrap();
+            let mut source = ReservedPool {
+                pool: &mut p,
+                reserve: 0,
+            };
+            for _ in 0..5 {
+                let (key_ref, key) = source.take(KeyUse::SaKey, 36).unwrap();
+                assert!(key_ref.segments().iter().all(|s| s.block == BlockId(1)));
+                assert!(key.expose().iter().all(|&b| b == 0x51), "{role:?}");
+            }
+            assert_eq!(bootstrap_left(&p), 0);
+        }
     }
 }
