@@ -262,13 +262,33 @@ impl AgentPair {
             mkdir(&f.state_dir)?;
             write_secret_file(&f.pool_key, &random(32)?)?;
             write_secret_file(&f.bootstrap, &bootstrap)?;
-            let text = pair_config::render_config(side, &self.opts, &self.bed, f);
-            if let Err(e) = Config::parse(&text, &f.config) {
-                return Err(AgentPairError::Config(e.to_string()));
-            }
-            write_private(&f.config, text.as_bytes())?;
+            self.write_config(side)?;
         }
         Ok(())
+    }
+
+    /// Changes the options and rewrites both configs (secrets stay); the
+    /// agents read them when next started. Eve's placement cannot change.
+    pub fn reconfigure(
+        &mut self,
+        change: impl FnOnce(&mut AgentPairOptions),
+    ) -> Result<(), AgentPairError> {
+        let eve = self.opts.eve;
+        change(&mut self.opts);
+        self.opts.eve = eve;
+        for side in Side::BOTH {
+            self.write_config(side)?;
+        }
+        Ok(())
+    }
+
+    fn write_config(&self, side: Side) -> Result<(), AgentPairError> {
+        let f = self.files(side);
+        let text = pair_config::render_config(side, &self.opts, &self.bed, f);
+        if let Err(e) = Config::parse(&text, &f.config) {
+            return Err(AgentPairError::Config(e.to_string()));
+        }
+        write_private(&f.config, text.as_bytes())
     }
 
     /// Starts `side`'s agent (again). Its output is appended to its log.
