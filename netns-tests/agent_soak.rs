@@ -19,11 +19,16 @@ use crate::support::*;
 
 const SOAK: Duration = Duration::from_secs(64);
 /// A slow stream throughout (timer-driven rekeys: it never reaches the soft
-/// limit within the 2 s interval) and a fast one in the second half (it
-/// reaches the soft limit in well under 2 s).
-const SLOW_RATE: u32 = 40;
+/// limit within the 2 s interval) and a fast one for the last 20 s (it
+/// reaches the soft limit in about 1.2 s).
+const SLOW_RATE: u32 = 50;
 const FAST_RATE: u32 = 250;
-const SOFT_PACKETS: u64 = 200;
+const FAST_FOR: Duration = Duration::from_secs(20);
+const SOFT_PACKETS: u64 = 300;
+/// Pool bytes gw-a must hold before the soak: the emulated link refills
+/// about 30 bytes/s for the initiator, the soak spends about 40
+/// generations × 72 bytes in 64 s.
+const PREFILL: u64 = 1800;
 /// Longest an SA may stay in the kernel: one rekey interval as the current
 /// SA, the agent's grace period for packets in flight after it is replaced,
 /// and slack for an emulated CPU and the poll interval.
@@ -31,18 +36,35 @@ const MAX_SA_AGE: Duration = Duration::from_secs(2 + 4).saturating_add(DEFAULT_G
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_soak_without_loss_stale_sas_or_reused_keys() {
+    // Fill the pool under a slow rekey interval first, then restart both
+    // agents with the soak's settings (their SAs, kept on stop, are
+    // replaced by the restarted agents: the stale-SA check covers them).
     let mut opts = options("soak");
-    opts.rekey_interval = Duration::from_secs(2);
-    opts.lifetime = LifetimeOptions {
-        soft_packets: Some(SOFT_PACKETS),
-        hard_packets: Some(SOFT_PACKETS * 50),
-        ..LifetimeOptions::default()
-    };
-    let pair = start_pair(opts).await;
-    let bed = pair.bed();
+    opts.rekey_interval = Duration::from_secs(60);
+    let mut pair = start_pair(opts).await;
     wait_keyed(&pair, 1, Duration::from_secs(120)).await;
-    // Leave the startup phase behind: a couple of timer rekeys first.
-    let (a0, _) = wait_keyed(&pair, 3, Duration::from_secs(60)).await;
+    let filled = Instant::now();
+    wait_pool(&pair, PREFILL, Duration::from_secs(300)).await;
+    println!("soak: pool prefilled in {:?}", filled.elapsed());
+    for side in Side::BOTH {
+        let status = pair.stop_agent(side).expect("agent was running");
+        assert!(status.success(), "{side}'s agent stopped with {status}");
+    }
+    pair.reconfigure(|o| {
+        o.rekey_interval = Duration::from_secs(2);
+        o.lifetime = LifetimeOptions {
+            soft_packets: Some(SOFT_PACKETS),
+            hard_packets: Some(SOFT_PACKETS * 50),
+            ..LifetimeOptions::default()
+        };
+    })
+    .expect("reconfigure");
+    for side in [Side::B, Side::A] {
+        pair.start_agent(side).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let pair = pair;
+    let bed = pair.bed();
+    let (a0, _) = wait_keyed(&pair, 2, Duration::from_secs(60)).await;
     let g0 = tunnel(&a0).generation;
 
     let slow = UdpStream::start(&bed.host_a, &bed.host_b, 5001, SLOW_RATE).await;
@@ -54,7 +76,7 @@ async fn rekey_soak_without_loss_stale_sas_or_reused_keys() {
     let mut keys: BTreeMap<u32, SecretBytes> = BTreeMap::new();
     let mut max_sas = [0usize; 2];
     while t0.elapsed() < SOAK {
-        if fast.is_none() && t0.elapsed() >= SOAK / 2 {
+        if fast.is_none() && t0.elapsed() >= SOAK - FAST_FOR {
             fast = Some(UdpStream::start(&bed.host_b, &bed.host_a, 5002, FAST_RATE).await);
         }
         for side in Side::BOTH {

@@ -110,6 +110,25 @@ pub async fn wait_keyed(
     }
 }
 
+/// Waits until gw-a (the initiator) may take at least `bytes` from the
+/// pool: the emulated link makes key slowly, so a test that rekeys faster
+/// than the link refills lets the pool fill first.
+pub async fn wait_pool(pair: &AgentPair, bytes: u64, limit: Duration) -> BoardSnapshot {
+    pair.wait_status(
+        Side::A,
+        limit,
+        &format!("{bytes} pool bytes for gw-a"),
+        |s| {
+            link(s)
+                .pool
+                .as_ref()
+                .is_some_and(|p| p.available_to_initiate >= bytes)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// One SA as `ip xfrm state` lists it.
 pub struct KernelSa {
     pub src: IpAddr,
