@@ -17,11 +17,14 @@ use crate::agent_support::*;
 use crate::support::*;
 
 const HARD_SECONDS: u64 = 8;
+/// Pool bytes gw-a holds when Eve starts: the agent's authentication
+/// reserve (256) and a few generations.
+const PREFILL: u64 = 256 + 4 * 72;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eavesdropper_raises_the_alarm_and_the_tunnel_fails_closed_then_recovers() {
     let mut opts = options("eve");
-    opts.rekey_interval = Duration::from_secs(2);
+    opts.rekey_interval = Duration::from_secs(3);
     opts.lifetime = LifetimeOptions {
         soft_seconds: Some(HARD_SECONDS - 2),
         hard_seconds: Some(HARD_SECONDS),
@@ -42,6 +45,10 @@ async fn eavesdropper_raises_the_alarm_and_the_tunnel_fails_closed_then_recovers
     let background = spawn_ping(&bed.host_a.name, &host_b, 100_000, "0.2");
     let ok = ping(&bed.host_a.name, &host_b, 5, "0.1").await;
     assert_eq!(ok.received, 5, "ping with Eve transparent: {ok:?}");
+    // Some key in the pool, so the tunnel outlives the start of the attack
+    // on what was made before it.
+    let before = wait_pool(&pair, PREFILL, Duration::from_secs(240)).await;
+    assert!(tunnel(&before).state.carries_traffic());
 
     // Eve at 100 %.
     pair.set_eve_fraction(1.0).expect("eve fraction");
@@ -52,6 +59,7 @@ async fn eavesdropper_raises_the_alarm_and_the_tunnel_fails_closed_then_recovers
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    let alarm_after = t_attack.elapsed();
     // A block whose pulses were sent before the switch may still finish;
     // after one more aborted block every block is under attack.
     let aborted = link(&alarmed).qkd.blocks_aborted_total();
@@ -67,7 +75,8 @@ async fn eavesdropper_raises_the_alarm_and_the_tunnel_fails_closed_then_recovers
     let blocks_ok = link(&settled).qkd.blocks_ok;
     let appended = link(&settled).pool.as_ref().map_or(0, |p| p.appended_bytes);
     println!(
-        "eve: alarm after {:?}, last block {:?}",
+        "eve: QBER alarm {alarm_after:?} after the attack began; a second aborted block after \
+         {:?}: {:?}",
         t_attack.elapsed(),
         link(&settled).qkd.last_block
     );

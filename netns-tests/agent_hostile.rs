@@ -45,15 +45,13 @@ async fn hostile_input_is_dropped_and_the_agent_keeps_serving() {
 
     for attack in ATTACKS {
         let recording = recording.to_string_lossy().into_owned();
-        let args = [
+        let mut args = vec![
             "eve",
             "hostile",
             "--target",
             &target,
             "--attack",
             attack,
-            "--recording",
-            &recording,
             "--dialer",
             "gw-a",
             "--acceptor",
@@ -61,6 +59,17 @@ async fn hostile_input_is_dropped_and_the_agent_keeps_serving() {
             "--wait",
             "20",
         ];
+        // The replay needs the recording; the forged handshake must claim
+        // the channel's current key epoch to reach the key check (the
+        // recording's Hello is from epoch 0).
+        let epoch = pair
+            .status(Side::B)
+            .map(|s| link(&s).channel.epoch.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        match attack {
+            "forged" => args.extend(["--epoch", epoch.as_str()]),
+            _ => args.extend(["--recording", recording.as_str()]),
+        }
         let out = in_netns(pair.netns_name(Side::A), BIN, &args)
             .output()
             .await
@@ -116,6 +125,16 @@ async fn hostile_input_is_dropped_and_the_agent_keeps_serving() {
     .await;
     let _ = last;
     let c = &link(&agreed).channel;
+    // The forged key confirmation is an authentication failure: counted
+    // and alarmed.
+    assert!(
+        c.auth_failures >= 1,
+        "the forged handshake was not counted: {c:?}"
+    );
+    assert!(
+        alarms_raised(&agreed, "authentication_failed") >= 1,
+        "no authentication alarm for the forged handshake"
+    );
     println!(
         "hostile: gw-b channel counters after {} attacks: auth failures {}, replays {}, \
          protocol errors {}",
