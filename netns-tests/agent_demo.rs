@@ -1,7 +1,8 @@
 //! `qkd-ipsec demo --duration`: the README's first command runs on its own,
 //! keys the tunnel from QKD, rekeys it, carries the hosts' ping through it
 //! with nothing in clear text on the WAN, stops by itself and leaves no
-//! namespace behind.
+//! namespace behind. Without `--duration`, Ctrl-C (SIGINT) tears it down
+//! just as cleanly.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -76,6 +77,50 @@ async fn demo_runs_for_its_duration_and_tears_down() {
     assert_eq!(num("clear_on_wan"), 0, "clear text on the WAN: {summary}");
     assert!(stdout.contains("demo: torn down"));
 
+    assert_no_namespaces_of(pid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_tears_down_on_ctrl_c() {
+    let child = tokio::process::Command::new(BIN)
+        .args(["demo", "--rekey-interval", "4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn demo");
+    let pid = child.id().expect("demo pid");
+    // Long enough for the namespaces, agents and WAN filter to exist.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let prefix = format!("qkd-demo-{pid}-");
+    let during = run_ok(in_netns_host("ip", &["netns", "list"]), "ip netns list").await;
+    assert!(
+        during.lines().any(|l| l.starts_with(&prefix)),
+        "no demo namespaces while it runs: {during}"
+    );
+    let raw = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(raw, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let out = within(
+        Duration::from_secs(90),
+        "the demo to stop on Ctrl-C",
+        child.wait_with_output(),
+    )
+    .await
+    .expect("demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo after SIGINT: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("demo summary: "), "no summary after Ctrl-C");
+    assert!(stdout.contains("demo: torn down"));
+    assert_no_namespaces_of(pid).await;
+}
+
+async fn assert_no_namespaces_of(pid: u32) {
     let left = run_ok(in_netns_host("ip", &["netns", "list"]), "ip netns list").await;
     let prefix = format!("qkd-demo-{pid}-");
     assert!(

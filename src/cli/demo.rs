@@ -16,6 +16,7 @@ mod view;
 mod vm;
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,7 +136,10 @@ impl DemoArgs {
     /// closing summary line.
     async fn live(&self, pair: &AgentPair, filter: bool) -> anyhow::Result<String> {
         use tokio::signal::unix::{SignalKind, signal};
+        // Registered once, before the loop, so that a signal arriving while
+        // a frame is drawn is not lost.
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch Ctrl-C")?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let started = tokio::time::Instant::now();
         let tty = std::io::stdout().is_terminal();
@@ -144,7 +148,7 @@ impl DemoArgs {
         let mut clear = None;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = term.recv() => break,
                 _ = tick.tick() => {}
             }
@@ -306,6 +310,9 @@ impl PingProcess {
                 "0.2",
             ])
             .arg(bed.host_b.addr.to_string())
+            // Not in the terminal's process group: Ctrl-C reaches only the
+            // demo, which then stops everything in order.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

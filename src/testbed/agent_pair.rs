@@ -18,6 +18,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -541,7 +542,11 @@ fn spawn_logged(mut cmd: Command, log: &File, what: &str) -> Result<Child, Agent
             source,
         })
     };
-    cmd.stdin(Stdio::null())
+    // A process group of its own: a Ctrl-C at the terminal reaches only the
+    // program that owns the pair (the demo, a test), which then stops the
+    // agents in order instead of racing them.
+    cmd.process_group(0)
+        .stdin(Stdio::null())
         .stdout(clone(log)?)
         .stderr(clone(log)?)
         .spawn()
