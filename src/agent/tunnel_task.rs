@@ -562,3 +562,66 @@ fn classify(e: &XfrmError) -> KernelFailure {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{BlockId, PoolKey, Role};
+    use crate::secret::Secret;
+    use crate::secret::file::TestDir;
+
+    fn pool(role: Role, block: &SecretBytes) -> (TestDir, PersistedPool) {
+        let dir = TestDir::new("reserve");
+        let key = PoolKey::from_secret(Secret::<32>::from_slice(&[3; 32]).unwrap());
+        let mut p = PersistedPool::open(dir.path(), "peer", role, &key).unwrap();
+        p.append(BlockId(1), block.duplicate()).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn reserve_refuses_takes_that_would_starve_the_link_but_never_acceptance() {
+        let block = SecretBytes::random(400).unwrap();
+        let (_d1, mut tx) = pool(Role::Transmitter, &block);
+        let (_d2, mut rx) = pool(Role::Receiver, &block);
+        // The transmitter's half is 200 bytes; with 100 reserved, one
+        // 72-byte take fits and the second does not.
+        let mut source = ReservedPool {
+            pool: &mut tx,
+            reserve: 100,
+        };
+        let (first, key) = source.take(KeyUse::SaKey, 72).unwrap();
+        match source.take(KeyUse::SaKey, 72) {
+            Err(TakeError::Exhausted { available }) => assert_eq!(available, 28),
+            other => panic!("expected exhaustion, got {:?}", other.map(|(r, _)| r)),
+        }
+        // The peer must accept what was taken even if its own region is
+        // below the reserve: the take already happened on the other side.
+        let mut peer = ReservedPool {
+            pool: &mut rx,
+            reserve: 10_000,
+        };
+        let accepted = peer.take_at(&first, KeyUse::SaKey).unwrap();
+        assert!(accepted.ct_eq(&key));
+        // The reserve is still there for the link's own takes.
+        assert_eq!(tx.pool().available_for(Role::Transmitter), 128);
+    }
+
+    #[test]
+    fn kernel_errors_map_onto_the_engine_outcomes() {
+        use nix::errno::Errno;
+        let k = |errno| XfrmError::Kernel {
+            operation: "test",
+            errno,
+            message: None,
+        };
+        assert_eq!(classify(&k(Errno::EEXIST)), KernelFailure::Exists);
+        assert_eq!(classify(&k(Errno::ENOENT)), KernelFailure::NotFound);
+        assert_eq!(classify(&k(Errno::ESRCH)), KernelFailure::NotFound);
+        assert_eq!(
+            classify(&k(Errno::ENOMEM)),
+            KernelFailure::Other {
+                errno: Errno::ENOMEM as i32
+            }
+        );
+    }
+}
