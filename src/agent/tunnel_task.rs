@@ -47,18 +47,10 @@ const USAGE_REFRESH: Duration = Duration::from_secs(5);
 
 /// Kernel events and pool news for one tunnel, from the supervisor's
 /// dispatchers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum TunnelEvent {
-    SoftExpire {
-        dir: SaDirection,
-        spi: Spi,
-    },
-    HardExpire {
-        dir: SaDirection,
-        spi: Spi,
-    },
-    Acquire,
-    PoolRefilled,
+    /// An expiry, an ACQUIRE or a pool refill, as the engine takes it.
+    Input(RekeyInput),
     /// XFRM events were lost: compare the engine's SAs with the kernel's.
     Resync,
 }
@@ -219,20 +211,7 @@ impl TunnelTask {
                 }
                 Some(e) = events.recv() => {
                     let input = match e {
-                        TunnelEvent::SoftExpire { dir, spi } => {
-                            d.cause = RekeyCause::SoftExpire;
-                            RekeyInput::SoftExpire { dir, spi }
-                        }
-                        TunnelEvent::HardExpire { dir, spi } => {
-                            tracing::warn!(tunnel = %cx.tunnel.name, ?dir, spi = format_args!("{spi:#010x}"),
-                                "SA reached its hard lifetime; the kernel deleted it");
-                            RekeyInput::HardExpire { dir, spi }
-                        }
-                        TunnelEvent::Acquire => {
-                            d.cause = RekeyCause::Acquire;
-                            RekeyInput::Acquire
-                        }
-                        TunnelEvent::PoolRefilled => RekeyInput::PoolRefilled,
+                        TunnelEvent::Input(input) => input,
                         TunnelEvent::Resync => {
                             for input in cx.resync(&d).await {
                                 cx.feed(&mut d, input).await?;
@@ -240,6 +219,15 @@ impl TunnelTask {
                             continue;
                         }
                     };
+                    match &input {
+                        RekeyInput::SoftExpire { .. } => d.cause = RekeyCause::SoftExpire,
+                        RekeyInput::Acquire => d.cause = RekeyCause::Acquire,
+                        RekeyInput::HardExpire { dir, spi } => {
+                            tracing::warn!(tunnel = %cx.tunnel.name, ?dir, spi = format_args!("{spi:#010x}"),
+                                "SA reached its hard lifetime; the kernel deleted it");
+                        }
+                        _ => {}
+                    }
                     cx.feed(&mut d, input).await?;
                 }
                 () = timer => {
