@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Tunnel;
+use crate::rekey::RekeyInput;
 use crate::xfrm::{XfrmEvent, XfrmEvents};
 
 use super::tunnel_task::{TunnelEvent, direction_of};
@@ -63,18 +64,18 @@ pub async fn dispatch(
                 let spi = x.id.spi();
                 tracing::debug!(tunnel = %r.tunnel.name, ?dir, spi, hard, bytes = x.counters.bytes,
                     packets = x.counters.packets, "SA lifetime event");
-                let e = if hard {
-                    TunnelEvent::HardExpire { dir, spi }
+                let input = if hard {
+                    RekeyInput::HardExpire { dir, spi }
                 } else {
-                    TunnelEvent::SoftExpire { dir, spi }
+                    RekeyInput::SoftExpire { dir, spi }
                 };
-                let _ = r.tx.send(e).await;
+                let _ = r.tx.send(TunnelEvent::Input(input)).await;
             }
             XfrmEvent::Acquire(a) => {
                 for reqid in &a.reqids {
                     if let Some(r) = routes.get(reqid) {
                         tracing::debug!(tunnel = %r.tunnel.name, "ACQUIRE: traffic found no SA");
-                        let _ = r.tx.send(TunnelEvent::Acquire).await;
+                        let _ = r.tx.send(TunnelEvent::Input(RekeyInput::Acquire)).await;
                     }
                 }
             }

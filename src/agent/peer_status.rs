@@ -13,6 +13,7 @@ use crate::keys::PersistedPool;
 use crate::ops::PeerReporter;
 use crate::peer::PeerHandle;
 use crate::qkd::link::BlockReport;
+use crate::rekey::RekeyInput;
 
 use super::qkd_task::{QkdObserver, lock};
 use super::tunnel_task::TunnelEvent;
@@ -44,7 +45,7 @@ impl QkdObserver for PeerObserver {
         self.reporter.set_pool(&lock(&self.pool).status());
         for t in &self.tunnels {
             // A full queue already holds news for the tunnel.
-            let _ = t.try_send(TunnelEvent::PoolRefilled);
+            let _ = t.try_send(TunnelEvent::Input(RekeyInput::PoolRefilled));
         }
     }
 }

@@ -47,18 +47,10 @@ const USAGE_REFRESH: Duration = Duration::from_secs(5);
 
 /// Kernel events and pool news for one tunnel, from the supervisor's
 /// dispatchers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum TunnelEvent {
-    SoftExpire {
-        dir: SaDirection,
-        spi: Spi,
-    },
-    HardExpire {
-        dir: SaDirection,
-        spi: Spi,
-    },
-    Acquire,
-    PoolRefilled,
+    /// An expiry, an ACQUIRE or a pool refill, as the engine takes it.
+    Input(RekeyInput),
     /// XFRM events were lost: compare the engine's SAs with the kernel's.
     Resync,
 }
@@ -266,20 +258,7 @@ impl TunnelTask {
                 }
                 Some(e) = events.recv() => {
                     let input = match e {
-                        TunnelEvent::SoftExpire { dir, spi } => {
-                            d.cause = RekeyCause::SoftExpire;
-                            RekeyInput::SoftExpire { dir, spi }
-                        }
-                        TunnelEvent::HardExpire { dir, spi } => {
-                            tracing::warn!(tunnel = %cx.tunnel.name, ?dir, spi = format_args!("{spi:#010x}"),
-                                "SA reached its hard lifetime; the kernel deleted it");
-                            RekeyInput::HardExpire { dir, spi }
-                        }
-                        TunnelEvent::Acquire => {
-                            d.cause = RekeyCause::Acquire;
-                            RekeyInput::Acquire
-                        }
-                        TunnelEvent::PoolRefilled => RekeyInput::PoolRefilled,
+                        TunnelEvent::Input(input) => input,
                         TunnelEvent::Resync => {
                             for input in cx.resync(&d).await {
                                 cx.feed(&mut d, input).await?;
@@ -287,6 +266,15 @@ impl TunnelTask {
                             continue;
                         }
                     };
+                    match &input {
+                        RekeyInput::SoftExpire { .. } => d.cause = RekeyCause::SoftExpire,
+                        RekeyInput::Acquire => d.cause = RekeyCause::Acquire,
+                        RekeyInput::HardExpire { dir, spi } => {
+                            tracing::warn!(tunnel = %cx.tunnel.name, ?dir, spi = format_args!("{spi:#010x}"),
+                                "SA reached its hard lifetime; the kernel deleted it");
+                        }
+                        _ => {}
+                    }
                     cx.feed(&mut d, input).await?;
                 }
                 () = timer => {
@@ -613,11 +601,66 @@ fn classify(e: &XfrmError) -> KernelFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{PoolKey, Role};
+    use crate::keys::{BlockId, PoolKey, Role};
     use crate::secret::Secret;
     use crate::secret::file::TestDir;
 
-    fn pool(dir: &TestDir, role: Role) -> PersistedPool {
+    fn pool(role: Role, block: &SecretBytes) -> (TestDir, PersistedPool) {
+        let dir = TestDir::new("reserve");
+        let key = PoolKey::from_secret(Secret::<32>::from_slice(&[3; 32]).unwrap());
+        let mut p = PersistedPool::open(dir.path(), "peer", role, &key).unwrap();
+        p.append(BlockId(1), block.duplicate()).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn reserve_refuses_takes_that_would_starve_the_link_but_never_acceptance() {
+        let block = SecretBytes::random(400).unwrap();
+        let (_d1, mut tx) = pool(Role::Transmitter, &block);
+        let (_d2, mut rx) = pool(Role::Receiver, &block);
+        // The transmitter's half is 200 bytes; with 100 reserved, one
+        // 72-byte take fits and the second does not.
+        let mut source = ReservedPool {
+            pool: &mut tx,
+            reserve: 100,
+        };
+        let (first, key) = source.take(KeyUse::SaKey, 72).unwrap();
+        match source.take(KeyUse::SaKey, 72) {
+            Err(TakeError::Exhausted { available }) => assert_eq!(available, 28),
+            other => panic!("expected exhaustion, got {:?}", other.map(|(r, _)| r)),
+        }
+        // The peer must accept what was taken even if its own region is
+        // below the reserve: the take already happened on the other side.
+        let mut peer = ReservedPool {
+            pool: &mut rx,
+            reserve: 10_000,
+        };
+        let accepted = peer.take_at(&first, KeyUse::SaKey).unwrap();
+        assert!(accepted.ct_eq(&key));
+        // The reserve is still there for the link's own takes.
+        assert_eq!(tx.pool().available_for(Role::Transmitter), 128);
+    }
+
+    #[test]
+    fn kernel_errors_map_onto_the_engine_outcomes() {
+        use nix::errno::Errno;
+        let k = |errno| XfrmError::Kernel {
+            operation: "test",
+            errno,
+            message: None,
+        };
+        assert_eq!(classify(&k(Errno::EEXIST)), KernelFailure::Exists);
+        assert_eq!(classify(&k(Errno::ENOENT)), KernelFailure::NotFound);
+        assert_eq!(classify(&k(Errno::ESRCH)), KernelFailure::NotFound);
+        assert_eq!(
+            classify(&k(Errno::ENOMEM)),
+            KernelFailure::Other {
+                errno: Errno::ENOMEM as i32
+            }
+        );
+    }
+
+    fn bootstrap_pool(dir: &TestDir, role: Role) -> PersistedPool {
         let key = PoolKey::from_secret(Secret::<32>::from_slice(&[7; 32]).unwrap());
         PersistedPool::open(dir.path(), "peer", role, &key).unwrap()
     }
@@ -629,7 +672,7 @@ mod tests {
     fn sa_keys_never_come_from_the_bootstrap_block() {
         for role in [Role::Transmitter, Role::Receiver] {
             let dir = TestDir::new("reserved");
-            let mut p = pool(&dir, role);
+            let mut p = bootstrap_pool(&dir, role);
             p.append(BlockId(0), SecretBytes::from_slice(&[0xb0; 480]))
                 .unwrap();
             let mut source = ReservedPool {
