@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use qkd_ipsec::ops::BoardSnapshot;
 use qkd_ipsec::secret::SecretBytes;
 use qkd_ipsec::testbed::Side;
 
@@ -23,6 +24,38 @@ const GENERATIONS: usize = 4;
 /// costs 72).
 const REKEY_INTERVAL: Duration = Duration::from_secs(8);
 const PINGS: u64 = 20;
+
+/// Both sides' snapshots at generation `g` with pool figures reported after
+/// that generation's SAs were installed (the agent refreshes the pool
+/// figures every 2 s and on new blocks, not on every take).
+async fn pool_report_after_install(
+    pair: &qkd_ipsec::testbed::AgentPair,
+    g: u64,
+) -> (BoardSnapshot, BoardSnapshot) {
+    let fresh = |s: &BoardSnapshot| {
+        let installed = tunnel(s).sa_installed_at_unix_ms.unwrap_or(u64::MAX);
+        link(s)
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.updated_at_unix_ms > installed)
+    };
+    within(REKEY_INTERVAL, "pool figures after the install", async {
+        loop {
+            let a = pair.status(Side::A).unwrap_or_else(|e| panic!("{e}"));
+            let b = pair.status(Side::B).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                tunnel(&a).generation,
+                g,
+                "a rekey came before the pool report"
+            );
+            if fresh(&a) && fresh(&b) && keyed_alike(&a, &b) {
+                return (a, b);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_key_the_tunnel_from_qkd_end_to_end() {
@@ -56,8 +89,9 @@ async fn agents_key_the_tunnel_from_qkd_end_to_end() {
     let mut accounting = Vec::new();
     let mut g = g0;
     for _ in 0..GENERATIONS {
-        let (a, b) = wait_keyed(&pair, g + 1, REKEY_INTERVAL * 6).await;
+        let (a, _) = wait_keyed(&pair, g + 1, REKEY_INTERVAL * 6).await;
         g = tunnel(&a).generation;
+        let (a, b) = pool_report_after_install(&pair, g).await;
         accounting.push((
             g,
             consumed(&a, "sa_key"),
