@@ -4,6 +4,7 @@
 
 mod agent;
 pub mod check_config;
+mod demo;
 mod eve;
 pub mod simulate;
 mod status;
@@ -32,6 +33,9 @@ pub enum Command {
     /// Run a simulated QKD link (Alice and Bob in one process) and print
     /// per-block figures, or sweep distances.
     Simulate(simulate::SimulateArgs),
+    /// Two gateways, two agents, a simulated 25 km QKD link and a tunnel
+    /// keyed from it, with a live view (needs root).
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the command line, runs the command, maps errors to an exit code.
@@ -44,6 +48,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig(c) => c.exec(),
         Command::Status(args) => args.exec(),
         Command::Simulate(args) => args.exec(),
+        Command::Demo(args) => args.exec(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

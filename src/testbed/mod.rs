@@ -16,6 +16,18 @@
 //! also while a failing test unwinds; [`Testbed::teardown`] does the same and
 //! reports every error rather than stopping at the first. This module owns
 //! only the namespaces it created.
+//!
+//! [`AgentPair`] (in `agent_pair`, configs in `pair_config`) runs two real
+//! agents as processes on a testbed, for the demo and the agent tests.
+
+mod agent_pair;
+mod pair_config;
+
+pub use agent_pair::{AgentPair, AgentPairError};
+pub use pair_config::{
+    AgentPairOptions, EVE_PORT, EveOptions, GatewayFiles, LifetimeOptions, PEER_PORT, Side,
+    TUNNEL_NAME,
+};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;

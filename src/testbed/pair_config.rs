@@ -1,0 +1,292 @@
+//! The two gateway configurations and secret files of an
+//! [`super::AgentPair`]: what the fixture can be asked for
+//! ([`AgentPairOptions`]) and the TOML it writes for each agent.
+//!
+//! Owns only text and file layout; it starts nothing. The configs are
+//! checked with [`crate::config::Config::parse`] before any agent starts,
+//! so a fixture bug shows up as a config finding, not as an agent that
+//! mysteriously refuses to start.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::OnStop;
+
+use super::Testbed;
+
+/// The receiver's peer-channel port (on its WAN address).
+pub const PEER_PORT: u16 = 9813;
+/// Eve's listening port (on the WAN address of the gateway she runs in).
+pub const EVE_PORT: u16 = 9815;
+/// The tunnel's name in both configs.
+pub const TUNNEL_NAME: &str = "site-a-site-b";
+
+/// One of the two gateways. A is the QKD transmitter (and, by default,
+/// the tunnel's rekey initiator); B is the receiver and listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::A, Side::B];
+
+    /// The gateway's name in the configs (`gw-a`, `gw-b`).
+    pub fn gateway_name(self) -> &'static str {
+        match self {
+            Side::A => "gw-a",
+            Side::B => "gw-b",
+        }
+    }
+
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.gateway_name())
+    }
+}
+
+/// SA lifetimes written to `[tunnel.lifetime]`; `None` leaves the agent's
+/// default (derived from the rekey interval).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LifetimeOptions {
+    pub soft_seconds: Option<u64>,
+    pub hard_seconds: Option<u64>,
+    pub soft_packets: Option<u64>,
+    pub hard_packets: Option<u64>,
+}
+
+/// An intercept–resend eavesdropper between the gateways: gw-a dials Eve,
+/// Eve forwards to gw-b.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EveOptions {
+    /// Whose namespace Eve runs in (she listens on that gateway's WAN
+    /// address, port [`EVE_PORT`]).
+    pub side: Side,
+    /// Initial fraction of pulses intercepted (0..=1); changed at run time
+    /// with [`super::AgentPair::set_eve_fraction`].
+    pub fraction: f64,
+}
+
+/// What an [`super::AgentPair`] sets up.
+#[derive(Debug, Clone)]
+pub struct AgentPairOptions {
+    /// Namespace prefix tag (see [`Testbed::unique_prefix`]).
+    pub tag: String,
+    /// The `qkd-ipsec` executable the agents (and Eve) run.
+    pub binary: PathBuf,
+    /// Simulated fibre length.
+    pub length_km: f64,
+    /// Sifted key bits per QKD block.
+    pub block_sifted_bits: usize,
+    pub rekey_interval: Duration,
+    /// Fraction of the interval by which a rekey may come early (0 = exact).
+    pub rekey_jitter: f64,
+    pub lifetime: LifetimeOptions,
+    pub on_stop: OnStop,
+    pub eve: Option<EveOptions>,
+    /// Length of the shared bootstrap secret (at least
+    /// [`crate::config::MIN_BOOTSTRAP_SECRET_BYTES`]).
+    pub bootstrap_bytes: usize,
+    /// `QKD_IPSEC_LOG` for the agents (tracing EnvFilter syntax).
+    pub log_filter: String,
+    /// Peer-channel reconnect backoff cap: short, so that a restarted agent
+    /// is redialled within seconds.
+    pub backoff_max: Duration,
+}
+
+impl AgentPairOptions {
+    /// The defaults: the README's 25 km link (fast enough to key tunnels
+    /// within seconds), a 30 s rekey interval without jitter, lifetimes
+    /// derived from it, `on_stop = "keep"`, no Eve, a 512-byte bootstrap
+    /// secret (what the install guide generates).
+    pub fn new(tag: &str, binary: impl Into<PathBuf>) -> Self {
+        Self {
+            tag: tag.to_string(),
+            binary: binary.into(),
+            length_km: 25.0,
+            block_sifted_bits: 200_000,
+            rekey_interval: Duration::from_secs(30),
+            rekey_jitter: 0.0,
+            lifetime: LifetimeOptions::default(),
+            on_stop: OnStop::Keep,
+            eve: None,
+            bootstrap_bytes: 512,
+            log_filter: "info".to_string(),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where one gateway's files are, under the pair's private directory.
+#[derive(Debug, Clone)]
+pub struct GatewayFiles {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub pool_key: PathBuf,
+    pub bootstrap: PathBuf,
+    pub state_dir: PathBuf,
+    pub status_socket: PathBuf,
+    /// stdout + stderr of every run of this agent, appended.
+    pub log: PathBuf,
+}
+
+impl GatewayFiles {
+    pub(crate) fn under(root: &Path, side: Side) -> Self {
+        let dir = root.join(side.gateway_name());
+        Self {
+            config: dir.join("gateway.toml"),
+            pool_key: dir.join("pool-key"),
+            bootstrap: dir.join(format!("bootstrap-{}", side.other().gateway_name())),
+            state_dir: dir.join("state"),
+            status_socket: dir.join("status.sock"),
+            log: dir.join("agent.log"),
+            dir,
+        }
+    }
+}
+
+/// The receiver's peer-channel address.
+pub(crate) fn receiver_addr(bed: &Testbed) -> SocketAddr {
+    SocketAddr::new(bed.gw_b.wan, PEER_PORT)
+}
+
+/// Where Eve listens, if she is configured.
+pub(crate) fn eve_addr(bed: &Testbed, eve: &EveOptions) -> SocketAddr {
+    let ip: IpAddr = match eve.side {
+        Side::A => bed.gw_a.wan,
+        Side::B => bed.gw_b.wan,
+    };
+    SocketAddr::new(ip, EVE_PORT)
+}
+
+/// A TOML basic string.
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn path_str(p: &Path) -> String {
+    quoted(&p.to_string_lossy())
+}
+
+fn duration_str(d: Duration) -> String {
+    quoted(&format!("{}ms", d.as_millis()))
+}
+
+/// The TOML of `side`'s configuration.
+pub(crate) fn render_config(
+    side: Side,
+    opts: &AgentPairOptions,
+    bed: &Testbed,
+    files: &GatewayFiles,
+) -> String {
+    let (me, peer) = match side {
+        Side::A => (&bed.gw_a, &bed.gw_b),
+        Side::B => (&bed.gw_b, &bed.gw_a),
+    };
+    let mut t = String::new();
+    let mut line = |s: String| {
+        t.push_str(&s);
+        t.push('\n');
+    };
+    line("[gateway]".into());
+    line(format!("name = {}", quoted(side.gateway_name())));
+    if side == Side::B {
+        line(format!(
+            "listen = {}",
+            quoted(&receiver_addr(bed).to_string())
+        ));
+    }
+    line(format!("state_dir = {}", path_str(&files.state_dir)));
+    line(format!(
+        "status_socket = {}",
+        path_str(&files.status_socket)
+    ));
+    line(format!("pool_key = {}", path_str(&files.pool_key)));
+    line(format!("on_stop = {}", quoted(opts.on_stop.name())));
+    line(String::new());
+    line("[[peer]]".into());
+    line(format!("name = {}", quoted(side.other().gateway_name())));
+    match side {
+        Side::A => {
+            let dial = match &opts.eve {
+                Some(eve) => eve_addr(bed, eve),
+                None => receiver_addr(bed),
+            };
+            line("role = \"transmitter\"".into());
+            line(format!("address = {}", quoted(&dial.to_string())));
+        }
+        Side::B => line("role = \"receiver\"".into()),
+    }
+    line(format!("bootstrap_secret = {}", path_str(&files.bootstrap)));
+    line(String::new());
+    // The link settings of deploy/gateway-a.toml: decoy-state BB84 with
+    // the GYS parameters (Ma et al., PRA 72, 012326 (2005)).
+    line("[peer.link]".into());
+    line(format!("length_km = {:?}", opts.length_km));
+    line("intensities = [0.6, 0.2, 0.0]".into());
+    line("probabilities = [0.4, 0.4, 0.2]".into());
+    line("p_z = 0.5".into());
+    line("pulse_rate_hz = 1e9".into());
+    line(String::new());
+    line("[peer.postprocessing]".into());
+    line(format!("block_sifted_bits = {}", opts.block_sifted_bits));
+    line(String::new());
+    line("[peer.channel]".into());
+    line("backoff_min = \"100ms\"".into());
+    line(format!("backoff_max = {}", duration_str(opts.backoff_max)));
+    line(String::new());
+    line("[[tunnel]]".into());
+    line(format!("name = {}", quoted(TUNNEL_NAME)));
+    line(format!("peer = {}", quoted(side.other().gateway_name())));
+    line(format!(
+        "local_subnets = [{}]",
+        quoted(&me.site.to_string())
+    ));
+    line(format!(
+        "remote_subnets = [{}]",
+        quoted(&peer.site.to_string())
+    ));
+    line(format!("local_endpoint = {}", quoted(&me.wan.to_string())));
+    line(format!(
+        "remote_endpoint = {}",
+        quoted(&peer.wan.to_string())
+    ));
+    line("mode = \"tunnel\"".into());
+    line("keying = \"direct\"".into());
+    line(format!(
+        "rekey_interval = {}",
+        duration_str(opts.rekey_interval)
+    ));
+    line(format!("rekey_jitter = {:?}", opts.rekey_jitter));
+    line(String::new());
+    line("[tunnel.lifetime]".into());
+    let l = &opts.lifetime;
+    for (field, value) in [
+        ("soft_seconds", l.soft_seconds),
+        ("hard_seconds", l.hard_seconds),
+        ("soft_packets", l.soft_packets),
+        ("hard_packets", l.hard_packets),
+    ] {
+        if let Some(v) = value {
+            line(format!("{field} = {v}"));
+        }
+    }
+    t
+}
