@@ -13,9 +13,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use qkd_ipsec::ops::BoardSnapshot;
 use qkd_ipsec::rekey::DEFAULT_SETTLE;
-use qkd_ipsec::testbed::{AgentPair, AgentPairOptions, Side, TUNNEL_NAME};
+use qkd_ipsec::testbed::{AgentPair, AgentPairOptions, LifetimeOptions, Side, TUNNEL_NAME};
 
-use crate::measure::{CpuWindow, LogFollower, Summary, report_warnings, xfrm_counts};
+use crate::measure::{CpuWindow, LogFollower, Summary, memory, mib, report_warnings, xfrm_counts};
 use crate::{options, wait_until};
 
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -23,14 +23,27 @@ const PING_INTERVAL: &str = "0.05";
 /// Enough pool for a few hundred rekeys of 72 bytes on the initiator's
 /// half, so QKD output only adds to it.
 const BOOTSTRAP_BYTES: usize = 32 * 1024;
+/// Kernel lifetimes well beyond the interval plus the agent's 5 s grace
+/// period: the defaults (soft 2 ×, hard 3 × the interval) would let the
+/// kernel delete each replaced inbound SA ~4 s into its grace period at a
+/// 2 s interval, which is not how SAs retire at production intervals.
+const LIFETIMES: LifetimeOptions = LifetimeOptions {
+    soft_seconds: Some(20),
+    hard_seconds: Some(30),
+    soft_packets: None,
+    hard_packets: None,
+};
 /// Idles the simulated link (a block needs millions of pulses).
 const IDLE_PULSE_RATE_HZ: f64 = 1e3;
 
 pub async fn run(rekeys: usize) {
     println!(
         "\n== 1. rekey latency: 1 tunnel, timer rekey every {INTERVAL:?}, ping every {PING_INTERVAL} s \
-         between the hosts; pool pre-filled with a {} KiB bootstrap secret",
-        BOOTSTRAP_BYTES / 1024
+         between the hosts; pool pre-filled with a {} KiB bootstrap secret; SA lifetimes \
+         soft {} s, hard {} s (only the timer rekeys)",
+        BOOTSTRAP_BYTES / 1024,
+        LIFETIMES.soft_seconds.unwrap_or(0),
+        LIFETIMES.hard_seconds.unwrap_or(0)
     );
     let opts = options("blat");
     println!(
@@ -51,6 +64,7 @@ async fn measure(mut opts: AgentPairOptions, rekeys: usize) {
     opts.rekey_interval = INTERVAL;
     opts.rekey_jitter = 0.0;
     opts.bootstrap_bytes = BOOTSTRAP_BYTES;
+    opts.lifetime = LIFETIMES;
     let pair = AgentPair::start(opts)
         .await
         .unwrap_or_else(|e| panic!("starting the agent pair: {e}"));
@@ -103,6 +117,7 @@ async fn measure(mut opts: AgentPairOptions, rekeys: usize) {
         }
     }
     let (cpu_used, wall) = cpu.read();
+    let mem = memory(pid_a);
     let ping = stop_ping(ping).await;
     // The responder logs its completion when the Done message arrives.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -148,6 +163,11 @@ async fn measure(mut opts: AgentPairOptions, rekeys: usize) {
         cpu_used.as_secs_f64(),
         wall.as_secs_f64(),
         cpu_used.as_secs_f64() * 60.0 / wall.as_secs_f64()
+    );
+    println!(
+        "   gw-a agent memory: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        mib(mem.rss_kib),
+        mib(mem.hwm_kib)
     );
     report_warnings(&pair);
     pair.teardown().unwrap_or_else(|e| panic!("teardown: {e}"));

@@ -219,23 +219,37 @@ pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Prints how many WARN and ERROR lines each agent logged, and the first of
-/// each side's, so a figure measured over silent trouble (lost XFRM
-/// events, abandoned rekeys) does not pass unnoticed.
+/// Prints each agent's WARN and ERROR lines grouped by message (with a
+/// count), so a figure measured over silent trouble (lost XFRM events,
+/// abandoned rekeys) does not pass unnoticed.
 pub fn report_warnings(pair: &AgentPair) {
     for side in Side::BOTH {
         let log = pair.log(side);
-        let bad: Vec<&str> = log
-            .lines()
-            .filter(|l| matches!(l.split_whitespace().nth(1), Some("WARN" | "ERROR")))
-            .collect();
-        match bad.first() {
-            None => println!("   {side} log: no warnings or errors"),
-            Some(first) => println!(
-                "   {side} log: {} warnings/errors; first: {}",
-                bad.len(),
-                first.chars().take(300).collect::<String>()
-            ),
+        // Plain format: "<time>  LEVEL target: message fields…"; the
+        // message's first 70 characters name it well enough.
+        let mut groups: Vec<(String, usize)> = Vec::new();
+        for line in log.lines() {
+            let mut words = line.split_whitespace();
+            let level = words.nth(1);
+            if !matches!(level, Some("WARN" | "ERROR")) {
+                continue;
+            }
+            let rest: String = words.collect::<Vec<_>>().join(" ");
+            let key = format!(
+                "{} {}",
+                level.unwrap_or(""),
+                rest.chars().take(110).collect::<String>()
+            );
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => groups.push((key, 1)),
+            }
+        }
+        if groups.is_empty() {
+            println!("   {side} log: no warnings or errors");
+        }
+        for (key, n) in groups {
+            println!("   {side} log: {n} × {key}…");
         }
     }
 }

@@ -53,6 +53,10 @@ pub async fn run(tunnels: usize, rounds: usize, idle: bool) {
          at {IDLE_PULSE_RATE_HZ:e} pulses/s (no QKD blocks during the run)",
         BOOTSTRAP_BYTES / 1024
     );
+    println!(
+        "   expected warnings: one \"no SA\" per tunnel at start (before its first keys), and the \
+         key-rate forecast (the idled link is forecast to give nothing)"
+    );
     let rekeying = rekeying_run(tunnels, rounds).await;
     if idle {
         let quiet = idle_run(tunnels).await;
