@@ -134,4 +134,22 @@ mod tests {
         assert_eq!(b.tunnels[999].local_subnets, last.remote_subnets);
         assert!(last.initiator && !b.tunnels[999].initiator);
     }
+
+    #[test]
+    fn derived_reqids_of_these_names_collide_so_they_are_explicit() {
+        let bed = addressing_only();
+        let mut opts = AgentPairOptions::new("t", "/bin/true");
+        opts.bulk_tunnels = 999;
+        let files = GatewayFiles::under(Path::new("/nonexistent/pair"), Side::A);
+        let text = render_config(Side::A, &opts, &bed, &files);
+        let derived: String = text
+            .lines()
+            .filter(|l| !l.starts_with("reqid = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let err = Config::parse(&derived, &files.config)
+            .expect_err("1,000 derived reqids in a 65,536 range should collide")
+            .to_string();
+        assert!(err.contains("set reqid explicitly"), "{err}");
+    }
 }
