@@ -44,6 +44,9 @@ use super::qkd_task::lock;
 /// How often the kernel's byte and packet counters of the current SAs are
 /// copied to the status board.
 const USAGE_REFRESH: Duration = Duration::from_secs(5);
+/// Kernel requests remembered for the `xfrm_ms` figure of the "rekey
+/// done" log line: more than one exchange makes (about eight).
+const KERNEL_TIMES_KEPT: usize = 32;
 
 /// Kernel events and pool news for one tunnel, from the supervisor's
 /// dispatchers.
@@ -168,6 +171,30 @@ struct Driver {
     /// Both directions have had an SA at some point (before that the
     /// tunnel is starting, not failed).
     ever_up: bool,
+    /// Start and duration of the latest kernel requests, so a completed
+    /// rekey can say how much of its latency was spent waiting for XFRM.
+    kernel_times: VecDeque<(std::time::Instant, Duration)>,
+}
+
+impl Driver {
+    fn record_kernel_time(&mut self, started: std::time::Instant) {
+        if self.kernel_times.len() == KERNEL_TIMES_KEPT {
+            self.kernel_times.pop_front();
+        }
+        self.kernel_times.push_back((started, started.elapsed()));
+    }
+
+    /// Time spent in kernel requests that started in the last `window`.
+    fn kernel_time_within(&self, window: Duration) -> Duration {
+        let Some(since) = std::time::Instant::now().checked_sub(window) else {
+            return Duration::ZERO;
+        };
+        self.kernel_times
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, took)| *took)
+            .sum()
+    }
 }
 
 /// The parts of a tunnel task its steps borrow.
@@ -208,6 +235,7 @@ impl TunnelTask {
             cause: RekeyCause::Startup,
             shown: None,
             ever_up: false,
+            kernel_times: VecDeque::with_capacity(KERNEL_TIMES_KEPT),
         };
         let cx = Ctx {
             tunnel,
@@ -297,7 +325,9 @@ impl Ctx {
         while let Some(action) = queue.pop_front() {
             match action {
                 RekeyAction::Kernel { op, request } => {
+                    let started = std::time::Instant::now();
                     let outcome = self.kernel(request).await;
+                    d.record_kernel_time(started);
                     let more = self.step(d, RekeyInput::Kernel { op, outcome }).await?;
                     queue.extend(more);
                 }
@@ -455,10 +485,15 @@ impl Ctx {
             } => {
                 let status = self.status(d);
                 let cause = trigger.map_or(RekeyCause::Peer, cause_of);
+                // This side's time awaiting XFRM requests inside the
+                // latency window: kernel work, the netlink round trip and
+                // any wait for the socket other tunnels share.
+                let xfrm = d.kernel_time_within(latency);
                 tracing::info!(%tunnel, exchange = %id, ?cause,
                     spi_in = format_args!("{:#010x}", status.inbound_spi.unwrap_or(0)),
                     spi_out = format_args!("{:#010x}", status.outbound_spi.unwrap_or(0)),
                     latency_ms = latency.as_secs_f64() * 1e3,
+                    xfrm_ms = xfrm.as_secs_f64() * 1e3,
                     "rekey done: new SAs in both directions, old outbound SA removed");
                 self.reporter.sa_installed(
                     id.generation,

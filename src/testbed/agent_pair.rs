@@ -185,6 +185,13 @@ impl AgentPair {
                 opts.bootstrap_bytes
             )));
         }
+        if opts.bulk_tunnels > super::MAX_BULK_TUNNELS {
+            return Err(AgentPairError::Config(format!(
+                "bulk_tunnels {} is above the maximum {}",
+                opts.bulk_tunnels,
+                super::MAX_BULK_TUNNELS
+            )));
+        }
         let bed = Testbed::create(&Testbed::unique_prefix(&opts.tag)).await?;
         let root = std::env::temp_dir().join(&bed.prefix);
         let files = [

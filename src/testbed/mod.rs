@@ -21,9 +21,11 @@
 //! agents as processes on a testbed, for the demo and the agent tests.
 
 mod agent_pair;
+mod bulk_tunnels;
 mod pair_config;
 
 pub use agent_pair::{AgentPair, AgentPairError};
+pub use bulk_tunnels::{MAX_BULK_TUNNELS, bulk_tunnel_subnets};
 pub use pair_config::{
     AgentPairOptions, EVE_PORT, EveOptions, GatewayFiles, LifetimeOptions, PEER_PORT, Side,
     TUNNEL_NAME,

@@ -113,6 +113,15 @@ pub struct AgentPairOptions {
     /// Peer-channel reconnect backoff cap: short, so that a restarted agent
     /// is redialled within seconds.
     pub backoff_max: Duration,
+    /// Tunnels besides the one between the sites, for scale benches: each
+    /// joins a /24 pair of its own with no hosts behind it (see
+    /// [`super::bulk_tunnel_subnets`]); at most
+    /// [`super::MAX_BULK_TUNNELS`].
+    pub bulk_tunnels: usize,
+    /// The simulated link's pulse rate. A low rate idles the QKD link, for
+    /// benches that pre-fill the pool with a long bootstrap secret and
+    /// want the tunnels' own cost.
+    pub pulse_rate_hz: f64,
 }
 
 impl AgentPairOptions {
@@ -134,6 +143,8 @@ impl AgentPairOptions {
             bootstrap_bytes: 512,
             log_filter: "info".to_string(),
             backoff_max: Duration::from_secs(2),
+            bulk_tunnels: 0,
+            pulse_rate_hz: 1e9,
         }
     }
 }
@@ -247,7 +258,7 @@ pub(crate) fn render_config(
     line("intensities = [0.6, 0.2, 0.0]".into());
     line("probabilities = [0.4, 0.4, 0.2]".into());
     line("p_z = 0.5".into());
-    line("pulse_rate_hz = 1e9".into());
+    line(format!("pulse_rate_hz = {:?}", opts.pulse_rate_hz));
     line(String::new());
     line("[peer.postprocessing]".into());
     line(format!("block_sifted_bits = {}", opts.block_sifted_bits));
@@ -292,6 +303,7 @@ pub(crate) fn render_config(
             line(format!("{field} = {v}"));
         }
     }
+    t.push_str(&super::bulk_tunnels::render(side, opts, bed));
     t
 }
 
