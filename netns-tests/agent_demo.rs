@@ -23,12 +23,7 @@ async fn demo_runs_for_its_duration_and_tears_down() {
             "--rekey-interval",
             "4",
         ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn demo");
+        .spawn_demo();
     let pid = child.id().expect("demo pid");
     let out = within(
         Duration::from_secs(DURATION_S + 180),
@@ -84,12 +79,7 @@ async fn demo_runs_for_its_duration_and_tears_down() {
 async fn demo_tears_down_on_ctrl_c() {
     let child = tokio::process::Command::new(BIN)
         .args(["demo", "--rekey-interval", "4"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn demo");
+        .spawn_demo();
     let pid = child.id().expect("demo pid");
     // Long enough for the namespaces, agents and WAN filter to exist.
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -134,4 +124,20 @@ fn in_netns_host(program: &str, args: &[&str]) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(program);
     c.args(args).stdin(Stdio::null()).kill_on_drop(true);
     c
+}
+
+/// How both tests start the demo: output captured, killed if the test ends.
+trait SpawnDemo {
+    fn spawn_demo(&mut self) -> tokio::process::Child;
+}
+
+impl SpawnDemo for tokio::process::Command {
+    fn spawn_demo(&mut self) -> tokio::process::Child {
+        self.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn demo")
+    }
 }
