@@ -43,18 +43,37 @@ use crate::secret::file::{SecretFileError, load_secret_file, write_private_atomi
 const MAGIC: &[u8; 8] = b"QKDCHAN1";
 
 /// A key with its epoch number.
-#[derive(Debug)]
 pub struct EpochKey {
     pub epoch: u64,
     pub key: SecretBytes,
 }
 
+/// The keys show as `<redacted>`, never their bytes.
+impl std::fmt::Debug for EpochKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochKey")
+            .field("epoch", &self.epoch)
+            .field("key", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
 /// The channel keys of one peer link and where they are recorded.
-#[derive(Debug)]
 pub struct ChannelKeyStore {
     path: PathBuf,
     current: EpochKey,
     next: Option<EpochKey>,
+}
+
+/// The keys print as [`EpochKey`] does: redacted.
+impl std::fmt::Debug for ChannelKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelKeyStore")
+            .field("path", &self.path)
+            .field("current", &self.current)
+            .field("next", &self.next)
+            .finish()
+    }
 }
 
 impl ChannelKeyStore {

@@ -199,10 +199,19 @@ pub struct SessionContext {
 }
 
 /// The two directions' frame MAC keys of one epoch.
-#[derive(Debug)]
 pub struct FrameKeys {
     pub dialer_to_acceptor: Secret<32>,
     pub acceptor_to_dialer: Secret<32>,
+}
+
+/// The keys show as `<redacted>`, never their bytes.
+impl std::fmt::Debug for FrameKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameKeys")
+            .field("dialer_to_acceptor", &format_args!("<redacted>"))
+            .field("acceptor_to_dialer", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 impl FrameKeys {
@@ -353,12 +362,23 @@ impl DialerHandshake {
 }
 
 /// The acceptor's side, between sending HelloReply and receiving Finish.
-#[derive(Debug)]
 pub struct AcceptorHandshake {
     epoch: u64,
     context: SessionContext,
     dialer_confirm_key: Secret<32>,
     keys: FrameKeys,
+}
+
+/// The keys show as `<redacted>`, never their bytes.
+impl std::fmt::Debug for AcceptorHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptorHandshake")
+            .field("epoch", &self.epoch)
+            .field("context", &self.context)
+            .field("dialer_confirm_key", &format_args!("<redacted>"))
+            .field("keys", &self.keys)
+            .finish()
+    }
 }
 
 impl AcceptorHandshake {

@@ -79,7 +79,6 @@ pub enum KernelFailure {
 /// A kernel operation for the agent to run in its XFRM layer. Requests of
 /// one engine must run in the order emitted and every one must be answered
 /// with [`RekeyInput::Kernel`].
-#[derive(Debug)]
 pub enum KernelRequest {
     /// Reserve a free SPI for a new *inbound* SA (XFRM_MSG_ALLOCSPI, the
     /// owned SPI range); answer with [`KernelOutcome::SpiAllocated`].
@@ -96,6 +95,27 @@ pub enum KernelRequest {
     },
     /// Delete the SA (or larval SA). A missing SA is [`KernelFailure::NotFound`].
     DeleteSa { dir: SaDirection, spi: Spi },
+}
+
+/// Leaves the key of `AddSa` out.
+impl std::fmt::Debug for KernelRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelRequest::AllocSpi => f.write_str("AllocSpi"),
+            KernelRequest::AddSa { dir, spi, id, .. } => f
+                .debug_struct("AddSa")
+                .field("dir", dir)
+                .field("spi", spi)
+                .field("key", &format_args!("<redacted>"))
+                .field("id", id)
+                .finish(),
+            KernelRequest::DeleteSa { dir, spi } => f
+                .debug_struct("DeleteSa")
+                .field("dir", dir)
+                .field("spi", spi)
+                .finish(),
+        }
+    }
 }
 
 /// What the engine asks the agent to do, in order.

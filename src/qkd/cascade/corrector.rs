@@ -33,7 +33,6 @@ pub enum CorrectorStep {
 
 /// The result of one reconciliation. The key equals Alice's with high
 /// probability, not certainty: verification decides.
-#[derive(Debug)]
 pub struct CascadeOutcome {
     /// Bob's corrected key.
     pub key: SecretWords,
@@ -46,6 +45,19 @@ pub struct CascadeOutcome {
     pub rounds: u32,
     /// Per-pass figures, in pass order.
     pub passes: Vec<PassReport>,
+}
+
+/// The keys show as `<redacted>`, never their bytes.
+impl std::fmt::Debug for CascadeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CascadeOutcome")
+            .field("leaked_bits", &self.leaked_bits)
+            .field("corrected_bits", &self.corrected_bits)
+            .field("rounds", &self.rounds)
+            .field("passes", &self.passes)
+            .field("key", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 /// Figures for one pass.

@@ -95,7 +95,6 @@ pub enum CascadeError {
 }
 
 /// The result of [`reconcile_in_memory`].
-#[derive(Debug)]
 pub struct InMemoryRun {
     /// Bob's outcome, with his corrected key.
     pub bob: CascadeOutcome,
@@ -103,6 +102,17 @@ pub struct InMemoryRun {
     pub alice_key: SecretWords,
     /// The leak as Alice counted it (equal to `bob.leaked_bits`).
     pub alice_leaked_bits: u64,
+}
+
+/// The keys show as `<redacted>`, never their bytes.
+impl std::fmt::Debug for InMemoryRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryRun")
+            .field("bob", &self.bob)
+            .field("alice_leaked_bits", &self.alice_leaked_bits)
+            .field("alice_key", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 /// Runs both parties in this thread over an in-memory channel, every message

@@ -161,9 +161,7 @@ impl Lifetimes {
 
 /// Everything needed to install one ESP SA of ours.
 ///
-/// Holds the key, so it is neither `Clone` nor printable beyond the
-/// redacted `Debug` of [`SaKey`].
-#[derive(Debug)]
+/// Holds the key, so it is not `Clone`, and its `Debug` leaves the key out.
 pub struct SaSpec {
     /// Outer source (tunnel endpoint / host address).
     pub src: IpAddr,
@@ -185,6 +183,25 @@ pub struct SaSpec {
     /// Restricts the SA to these packets; `None` for all (usual in tunnel
     /// mode, where the policy selects).
     pub selector: Option<TrafficSelector>,
+}
+
+/// The key shows as `<redacted>`, never its bytes.
+impl std::fmt::Debug for SaSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaSpec")
+            .field("src", &self.src)
+            .field("dst", &self.dst)
+            .field("spi", &format_args!("{:#010x}", self.spi))
+            .field("reqid", &format_args!("{:#x}", self.reqid))
+            .field("mode", &self.mode)
+            .field("replay", &self.replay)
+            .field("lifetimes", &self.lifetimes)
+            .field("mark", &self.mark)
+            .field("if_id", &self.if_id)
+            .field("selector", &self.selector)
+            .field("key", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 impl SaSpec {
