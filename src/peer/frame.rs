@@ -311,35 +311,49 @@ fn mac(key: &Secret<32>, authenticated_bytes: &[u8]) -> HmacSha256 {
     m
 }
 
-/// The sending half of one direction: MAC key and next sequence number.
-pub struct Sealer {
+/// One direction's MAC key and the sequence number due next, shared by
+/// [`Sealer`] and [`Opener`]. Sequence numbers start at 1 in every session
+/// (0 marks frames without a sequence number); session keys are fresh, so
+/// numbers never repeat under one key. A channel-key switch replaces the key
+/// and the sequence continues.
+struct DirectionState {
     key: Secret<32>,
     next_seq: u64,
 }
 
-impl std::fmt::Debug for Sealer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer")
+impl DirectionState {
+    fn new(key: Secret<32>) -> Self {
+        Self { key, next_seq: 1 }
+    }
+
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
             .field("next_seq", &self.next_seq)
             .finish_non_exhaustive()
     }
 }
 
+/// The sending half of one direction: MAC key and next sequence number.
+pub struct Sealer(DirectionState);
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.debug("Sealer", f)
+    }
+}
+
 impl Sealer {
-    /// Sequence numbers start at 1 in every session (0 marks frames without
-    /// a sequence number); session keys are fresh, so numbers never repeat
-    /// under one key.
     pub fn new(key: Secret<32>) -> Self {
-        Self { key, next_seq: 1 }
+        Self(DirectionState::new(key))
     }
 
     /// Replaces the key (channel-key switch); the sequence continues.
     pub fn rekey(&mut self, key: Secret<32>) {
-        self.key = key;
+        self.0.key = key;
     }
 
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.0.next_seq
     }
 
     /// Encodes and tags an authenticated frame.
@@ -350,50 +364,45 @@ impl Sealer {
         );
         // u64::MAX is never used so that `next_seq + 1` cannot overflow on
         // the receiving side either.
-        if self.next_seq == u64::MAX {
+        if self.0.next_seq == u64::MAX {
             return Err(FrameError::SequenceExhausted);
         }
         let header = FrameHeader {
             frame_type,
             len: u32::try_from(payload.len()).expect("payload below 4 GiB"),
-            seq: self.next_seq,
+            seq: self.0.next_seq,
         };
         let mut out = Vec::with_capacity(header.total_len());
         out.extend_from_slice(&header.to_bytes());
         out.extend_from_slice(payload);
-        let tag = mac(&self.key, &out).finalize().into_bytes();
+        let tag = mac(&self.0.key, &out).finalize().into_bytes();
         out.extend_from_slice(&tag);
-        self.next_seq += 1;
+        self.0.next_seq += 1;
         Ok(out)
     }
 }
 
 /// The receiving half of one direction: MAC key and the sequence number due.
-pub struct Opener {
-    key: Secret<32>,
-    next_seq: u64,
-}
+pub struct Opener(DirectionState);
 
 impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opener")
-            .field("next_seq", &self.next_seq)
-            .finish_non_exhaustive()
+        self.0.debug("Opener", f)
     }
 }
 
 impl Opener {
     pub fn new(key: Secret<32>) -> Self {
-        Self { key, next_seq: 1 }
+        Self(DirectionState::new(key))
     }
 
     /// Replaces the key (channel-key switch); the sequence continues.
     pub fn rekey(&mut self, key: Secret<32>) {
-        self.key = key;
+        self.0.key = key;
     }
 
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.0.next_seq
     }
 
     /// Verifies an authenticated frame: MAC first (constant time), then the
@@ -404,16 +413,17 @@ impl Opener {
         let Some(tag) = frame.tag else {
             return Ok(());
         };
-        mac(&self.key, frame.authenticated_bytes)
+        mac(&self.0.key, frame.authenticated_bytes)
             .verify_slice(tag)
             .map_err(|_| FrameError::BadMac(frame.header.frame_type))?;
-        if frame.header.seq != self.next_seq {
+        if frame.header.seq != self.0.next_seq {
             return Err(FrameError::Replay {
-                expected: self.next_seq,
+                expected: self.0.next_seq,
                 got: frame.header.seq,
             });
         }
-        self.next_seq = self
+        self.0.next_seq = self
+            .0
             .next_seq
             .checked_add(1)
             .ok_or(FrameError::SequenceExhausted)?;
