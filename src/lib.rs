@@ -5,11 +5,13 @@
 //! | module        | owns                                                            |
 //! |---------------|-----------------------------------------------------------------|
 //! | [`qkd`]       | the QKD link stack as pure state machines: simulated optics, sifting, parameter estimation, Cascade, verification, privacy amplification, authentication. No I/O, no tokio. |
+//! | [`etsi014`]   | ETSI GS QKD 014 key delivery: its JSON documents; keys from a QKD device's KME (a key source beside `qkd`). |
 //! | [`keys`]      | per-peer key pools (block IDs, lockstep consumption, persistence). |
 //! | [`rekey`]     | per-tunnel rekey engines (timer, soft expiry, acquire).          |
 //! | [`xfrm`]      | the kernel: SAs, policies and events over netlink, netns-aware. |
 //! | [`peer`]      | the authenticated channel between two agents.                   |
 //! | [`secret`]    | the only types that hold key bytes.                             |
+//! | [`tls`]       | the one TLS stack (rustls): mutual-TLS configs, PEM files, identities from certificates. |
 //! | [`gf2`]       | carry-less arithmetic: GF(2^128), Toeplitz middle products (no protocol). |
 //! | [`netns`]     | network namespace handles; running code inside one.             |
 //! | [`ops`]       | status board, alarms, status socket, metrics, systemd notify, logging. |
@@ -24,6 +26,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod etsi014;
 pub mod eve;
 pub mod gf2;
 pub mod keys;
@@ -34,4 +37,5 @@ pub mod qkd;
 pub mod rekey;
 pub mod secret;
 pub mod testbed;
+pub mod tls;
 pub mod xfrm;
