@@ -427,6 +427,9 @@ struct ReceiverFrames {
 
 impl ReceiverFrames {
     async fn observe(&mut self, frame: &Bytes, limits: &FrameLimits) {
+        if frame[3] != FrameType::HelloReply.code() {
+            return;
+        }
         let Some(path) = self.shared.cfg.fibre_keys.clone() else {
             return;
         };
