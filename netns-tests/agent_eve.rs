@@ -1,5 +1,7 @@
 //! Eavesdropper: Eve sits on the fibre stream between the agents (gw-a
-//! dials her, she forwards to gw-b). While she is transparent the tunnel
+//! dials her, she forwards to gw-b). The stream is sealed, so she attacks
+//! with the fibre keys gw-a exports for the lab (`lab_export_fibre_keys`,
+//! `eve --fibre-keys`, set up by the testbed). While she is transparent the tunnel
 //! keys normally. At 100 % intercept–resend the QBER alarm goes up and no
 //! block reaches the pool any more; the tunnel lives on the key already
 //! pooled until that runs out, then its SAs reach their hard lifetime and
@@ -65,6 +67,12 @@ async fn eavesdropper_raises_the_alarm_and_the_tunnel_fails_closed_then_recovers
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let alarm_after = t_attack.elapsed();
+    let eve_log = pair.eve_log();
+    assert!(
+        eve_log.contains("opening the sealed fibre with the lab keys")
+            && eve_log.contains("derived this session's fibre key"),
+        "Eve did not open the sealed fibre:\n{eve_log}"
+    );
     // A block whose pulses were sent before the switch may still finish;
     // after one more aborted block every block is under attack.
     let aborted = link(&alarmed).qkd.blocks_aborted_total();

@@ -11,7 +11,9 @@
 //! (all need ESP) and `no_esp` (needs a kernel *without* ESP). The
 //! `agent_*` modules run real agent processes on a testbed
 //! ([`qkd_ipsec::testbed::AgentPair`]): end to end, rekey soak,
-//! eavesdropper, crash, hostile peer input, config errors and the demo.
+//! eavesdropper, crash, hostile peer input, config errors and the demo;
+//! `simulated_link_sealed` records the WAN and reads the capture with
+//! [`pcap`].
 
 mod agent_config;
 mod agent_crash;
@@ -24,6 +26,8 @@ mod agent_support;
 mod lifetime;
 mod no_esp;
 mod ownership;
+mod pcap;
 mod rekey;
+mod simulated_link_sealed;
 mod support;
 mod tunnel;

@@ -120,5 +120,10 @@ fn an_unsafe_secret_fails_with_the_fix_and_the_deploy_pair_passes() {
     );
     assert!(stdout.contains("gateway-a.toml: valid"), "{stdout}");
     assert!(stdout.contains("pair: consistent with"), "{stdout}");
+    // A simulated link is named for what it is.
+    assert!(
+        stdout.contains("SIMULATED link") && stdout.contains("not quantum-secure"),
+        "{stdout}"
+    );
     assert!(stdout.contains("peer[0].bootstrap_secret"), "{stdout}");
 }

@@ -254,6 +254,12 @@ async fn start_peer(
     cancel: &CancellationToken,
 ) -> Result<PeerParts, AgentError> {
     let gw = &config.gateway;
+    if p.is_simulated() {
+        tracing::warn!(peer = %p.name, "the QKD link to this peer is SIMULATED: its keys are only as secret as the peer channel's classical keys (bootstrap secret, HMAC channel keys), not quantum-secure");
+    }
+    if let Some(path) = &p.lab_export_fibre_keys {
+        tracing::warn!(peer = %p.name, path = %path.display(), "LAB ONLY: lab_export_fibre_keys is on: this agent writes the link's fibre keys to that file; whoever reads it can read every key of this link");
+    }
     let field = format!("peer {}: bootstrap_secret", p.name);
     let path = p
         .bootstrap_secret
@@ -311,6 +317,10 @@ async fn start_peer(
     )?;
 
     let reporter = board.register_peer(&p.name, peer_role(p.role));
+    reporter.set_source(match p.kind {
+        crate::config::LinkKind::Simulated => crate::ops::LinkSource::Simulated,
+        crate::config::LinkKind::Etsi014 => crate::ops::LinkSource::Etsi014,
+    });
     reporter.set_pool(&lock(&pool).status());
     let (ready_tx, ready_rx) = watch::channel(None);
     let peer_task = PeerTask {
@@ -383,6 +393,7 @@ fn link_config(local: &str, p: &Peer) -> LinkConfig {
         initial: ch.backoff_min.0,
         max: ch.backoff_max.0,
     };
+    c.lab_export_fibre_keys = p.lab_export_fibre_keys.clone();
     c
 }
 

@@ -163,6 +163,9 @@ fn summarise(cfg: &Config, secrets: &[String], out: &mut dyn Write) -> std::io::
             (Role::Receiver, _) => "QKD receiver, the peer dials in".to_string(),
         };
         writeln!(out, "peer {}: this gateway is the {how}", p.name)?;
+        if p.is_simulated() {
+            writeln!(out, "  {}", crate::ops::SIMULATED_LINK_CAVEAT)?;
+        }
         let fc = forecast(&p.link, &p.postprocessing);
         writeln!(
             out,

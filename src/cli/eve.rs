@@ -30,8 +30,13 @@ bits (QBER) rises by about a quarter of the fraction: from the link's baseline o
 (11 %) a block yields no key and an alarm is raised.
 
 For labs, demonstrations and tests only. The fibre stream exists only between agents that simulate \
-the optics. Eve holds no key: every classical frame (handshake, QKD post-processing, rekey control) \
-is forwarded byte for byte, because changing one would break its authentication tag.
+the optics, and it is sealed (AES-256-GCM under keys derived from the peer channel's key): Eve can \
+measure pulses only when handed the agents' lab export of fibre keys. Set \
+`lab_export_fibre_keys = \"/path/file\"` in the transmitter's [peer.link] (the agent then writes \
+each channel-key epoch's fibre base key to that 0600 file) and pass --fibre-keys with the same file. \
+Without it Eve forwards fibre frames unopened and can attack nothing (--fraction must be 0). Eve \
+holds no channel key: every classical frame (handshake, QKD post-processing, rekey control) is \
+forwarded byte for byte, because changing one would break its authentication tag.
 
 Putting Eve on a link: on the QKD transmitter (the gateway whose peer has role \"transmitter\"), set \
 that peer's `address` to Eve's --listen address; start Eve with --upstream set to the receiver's real \
@@ -43,13 +48,19 @@ seconds and on exit (Ctrl-C or SIGTERM).";
 
 const EXAMPLES: &str = "\
 Examples:
-  # gw-b (receiver) listens on 192.0.2.2:7447; Eve runs on 192.0.2.9 and attacks half the pulses
-  qkd-ipsec eve --listen 192.0.2.9:7447 --upstream 192.0.2.2:7447 --fraction 0.5
+  # gw-b (receiver) listens on 192.0.2.2:7447; Eve runs on 192.0.2.9 and attacks half the pulses,
+  # with the keys gw-a exports (lab_export_fibre_keys = \"/run/qkd-lab/fibre.keys\" in its [peer.link])
+  qkd-ipsec eve --listen 192.0.2.9:7447 --upstream 192.0.2.2:7447 \
+      --fibre-keys /run/qkd-lab/fibre.keys --fraction 0.5
 
   # Start transparent, then change the attack while running (the file is read every second)
   echo 0 > /run/eve.fraction
-  qkd-ipsec eve --listen 192.0.2.9:7447 --upstream 192.0.2.2:7447 --fraction-file /run/eve.fraction
+  qkd-ipsec eve --listen 192.0.2.9:7447 --upstream 192.0.2.2:7447 \
+      --fibre-keys /run/qkd-lab/fibre.keys --fraction-file /run/eve.fraction
   echo 1 > /run/eve.fraction
+
+  # No keys: pass everything through (record, tamper), attack no pulse
+  qkd-ipsec eve --listen 192.0.2.9:7447 --upstream 192.0.2.2:7447 --tamper forge
 
   # Hostile peer input on a receiver's peer port (exit status 0 = the agent dropped it)
   qkd-ipsec eve hostile --target 192.0.2.2:7447 --attack forged --dialer gw-a --acceptor gw-b";
@@ -100,8 +111,15 @@ struct ProxyArgs {
     upstream: Option<SocketAddr>,
 
     /// Fraction of pulses to intercept and resend: 0..1 or a percentage (50%).
-    #[arg(long, value_name = "F", default_value = "1", value_parser = parse_fraction)]
-    fraction: f64,
+    /// Default 1 with --fibre-keys, 0 without (sealed pulses cannot be measured).
+    #[arg(long, value_name = "F", value_parser = parse_fraction)]
+    fraction: Option<f64>,
+
+    /// The agents' lab export of fibre keys (`lab_export_fibre_keys` in the
+    /// transmitter's [peer.link]; 0600, refused otherwise). Needed to open,
+    /// attack and re-seal the sealed fibre stream.
+    #[arg(long, value_name = "FILE")]
+    fibre_keys: Option<PathBuf>,
 
     /// Re-read the fraction from this file every second (e.g. `echo 0.25 > FILE`);
     /// a file present at start overrides --fraction, an invalid one is ignored.
@@ -226,7 +244,13 @@ impl ProxyArgs {
             bail!("--listen and --upstream are required");
         };
         let mut cfg = ProxyConfig::new(listen, upstream);
-        cfg.fraction = self.fraction;
+        cfg.fibre_keys = self.fibre_keys.clone();
+        cfg.fraction = self
+            .fraction
+            .unwrap_or(if cfg.fibre_keys.is_some() { 1.0 } else { 0.0 });
+        if cfg.fibre_keys.is_none() && (cfg.fraction > 0.0 || self.fraction_file.is_some()) {
+            bail!(crate::eve::EveError::NoFibreKeys);
+        }
         cfg.seed = self.seed;
         cfg.max_connections = self.max_connections.max(1);
         cfg.limits = FrameLimits {
@@ -251,11 +275,20 @@ impl ProxyArgs {
             None => String::new(),
         };
         println!(
-            "eve: listening on {} for the transmitter, forwarding to the receiver at {}; intercepting {:.1} % of pulses{dialled_by}",
+            "eve: listening on {} for the transmitter, forwarding to the receiver at {}",
             proxy.local_addr(),
             cfg.upstream,
-            100.0 * cfg.fraction
         );
+        match &cfg.fibre_keys {
+            Some(path) => println!(
+                "eve: opening the sealed fibre with the lab keys in {}; intercepting {:.1} % of pulses{dialled_by}",
+                path.display(),
+                100.0 * cfg.fraction
+            ),
+            None => println!(
+                "eve: no --fibre-keys: the fibre stream is sealed, so fibre frames pass through unopened and no pulse is measured"
+            ),
+        }
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let (counters, dial) = (proxy.counters(), proxy.dial());
@@ -369,6 +402,8 @@ mod tests {
             "127.0.0.1:7001",
             "--fraction",
             "25%",
+            "--fibre-keys",
+            "/run/lab/fibre.keys",
             "--seed",
             "9",
             "--report-interval",
@@ -380,6 +415,10 @@ mod tests {
         assert!(e.mode.is_none());
         let cfg = e.proxy.config().unwrap();
         assert_eq!(cfg.fraction, 0.25);
+        assert_eq!(
+            cfg.fibre_keys.as_deref(),
+            Some(std::path::Path::new("/run/lab/fibre.keys"))
+        );
         assert_eq!(cfg.seed, Some(9));
         assert_eq!(cfg.upstream, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(cfg.limits, FrameLimits::default());
@@ -402,6 +441,22 @@ mod tests {
             let args: Vec<&str> = base.iter().chain(&bad).copied().collect();
             assert!(eve(&args).is_err(), "{bad:?} accepted");
         }
+        // Sealed pulses cannot be attacked without the keys: the default
+        // fraction is then 0, and asking for more is refused with the fix.
+        let keyless = eve(&base).unwrap().proxy.config().unwrap();
+        assert_eq!(keyless.fraction, 0.0);
+        let args: Vec<&str> = base.iter().chain(&["--fraction", "0.5"]).copied().collect();
+        let e = eve(&args).unwrap().proxy.config().unwrap_err().to_string();
+        assert!(
+            e.contains("--fibre-keys") && e.contains("lab_export_fibre_keys"),
+            "{e}"
+        );
+        let args: Vec<&str> = base
+            .iter()
+            .chain(&["--fibre-keys", "/k"])
+            .copied()
+            .collect();
+        assert_eq!(eve(&args).unwrap().proxy.config().unwrap().fraction, 1.0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ role = "transmitter"
 address = "198.51.100.2:9813"
 
 [peer.link]
+kind = "simulated"
 length_km = 25.0
 
 [peer.postprocessing]
@@ -125,6 +126,27 @@ pub const ERROR_CASES: &[ErrorCase] = &[
         "",
         "gateway.name",
         "missing",
+    ),
+    case(
+        "missing link kind",
+        "kind = \"simulated\"\n",
+        "",
+        "peer[0].link.kind",
+        "missing; say where this link's keys come from: kind = \"simulated\"",
+    ),
+    case(
+        "link kind not in this build",
+        "kind = \"simulated\"",
+        "kind = \"etsi014\"",
+        "peer[0].link.kind",
+        "kind = \"etsi014\" needs the [peer.etsi014] section",
+    ),
+    case(
+        "lab fibre-key export on a real device",
+        "kind = \"simulated\"",
+        "kind = \"etsi014\"\nlab_export_fibre_keys = \"/run/fibre.keys\"",
+        "peer[0].link.lab_export_fibre_keys",
+        "only a simulated link",
     ),
     case(
         "missing role",

@@ -1,6 +1,12 @@
-//! `[peer.link]` (the simulated optics) and `[peer.postprocessing]` (block
-//! size, Cascade, security parameters) — the QKD link both gateways of a
-//! pair must describe identically.
+//! `[peer.link]` (what kind of key source the link is, and the simulated
+//! optics) and `[peer.postprocessing]` (block size, Cascade, security
+//! parameters) — the QKD link both gateways of a pair must describe
+//! identically.
+//!
+//! `kind` is required, so that no file becomes a simulated link by
+//! omission: a simulated link's keys are only as secret as the peer
+//! channel's classical keys (bootstrap secret, then HMAC-era channel keys
+//! that seal its fibre stream), never quantum-secure.
 //!
 //! Defaults: a 25 km fibre with the GYS detector of Gobby, Yuan and Shields
 //! (APL 84, 3762 (2004)) as used by Ma, Qi, Zhao and Lo (PRA 72, 012326
@@ -12,6 +18,8 @@
 //! Every field is checked here with its own path so all problems show at
 //! once; the optics, estimate and block validators then run as a backstop.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::Findings;
@@ -22,10 +30,48 @@ use crate::qkd::optics::frame::{MAX_FRAME_RECORDS, MAX_FRAME_SLOTS};
 use crate::qkd::optics::{DetectorParams, FibreParams, LinkParams, MAX_INTENSITY, SourceParams};
 use crate::qkd::verify::VerifyConfig;
 
-/// `[peer.link]` as written: the simulated optics of the link.
+/// Where a link's keys come from, as written in `[peer.link] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    /// Simulated optics between the two agents: the QKD post-processing
+    /// stack runs for real, but the "photons" are a sealed byte stream, so
+    /// the keys are only as secret as the peer channel's classical keys.
+    Simulated,
+    /// Keys from a real QKD device over ETSI GS QKD 014 (needs the
+    /// `[peer.etsi014]` section).
+    Etsi014,
+}
+
+impl LinkKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkKind::Simulated => "simulated",
+            LinkKind::Etsi014 => "etsi014",
+        }
+    }
+}
+
+/// `[peer.link]` as written: the kind of link and its simulated optics.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinkSection {
+    /// Where the link's keys come from. Required, on both gateways alike:
+    /// `"simulated"` (simulated optics between the agents; the keys are
+    /// only as secret as the peer channel's classical keys, not
+    /// quantum-secure) or `"etsi014"` (a real QKD device over ETSI GS QKD
+    /// 014).
+    ///
+    /// Example: `kind = "simulated"`
+    pub kind: Option<LinkKind>,
+    /// LAB ONLY. Append each channel-key epoch's fibre base key to this
+    /// file (created 0600), so that `qkd-ipsec eve --fibre-keys FILE` can
+    /// open and attack the sealed fibre stream. Whoever reads the file
+    /// learns every key this link makes. Only with `kind = "simulated"`;
+    /// unset by default.
+    ///
+    /// Example: `lab_export_fibre_keys = "/run/qkd-lab/fibre.keys"`
+    pub lab_export_fibre_keys: Option<PathBuf>,
     /// Fibre length between the gateways (km). Default 25.
     ///
     /// Example: `length_km = 25.0`
@@ -88,6 +134,8 @@ impl Default for LinkSection {
     fn default() -> Self {
         let gys = LinkParams::gys(25.0);
         Self {
+            kind: None,
+            lab_export_fibre_keys: None,
             length_km: gys.fibre.length_km,
             attenuation_db_per_km: gys.fibre.attenuation_db_per_km,
             insertion_loss_db: gys.fibre.insertion_loss_db,
@@ -440,7 +488,9 @@ pub(super) fn shared_fields(
 ) -> Vec<(String, String)> {
     let l = |n: &str, v: String| (format!("link.{n}"), v);
     let p = |n: &str, v: String| (format!("postprocessing.{n}"), v);
+    let kind = link.kind.map_or("(missing)", LinkKind::name);
     vec![
+        l("kind", kind.to_string()),
         l("length_km", link.length_km.to_string()),
         l(
             "attenuation_db_per_km",

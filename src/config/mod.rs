@@ -22,6 +22,9 @@
 //! address = "198.51.100.2:9813"
 //! role = "transmitter"
 //!
+//! [peer.link]
+//! kind = "simulated"   # keys only as secret as the peer channel's classical keys
+//!
 //! [[tunnel]]
 //! name = "a-b"
 //! peer = "gw-b"
@@ -74,7 +77,7 @@ use thiserror::Error;
 
 pub use gateway::{Gateway, GatewaySection, OnStop, OwnershipSection};
 pub use lifetime::{LifetimeSection, MAX_PACKETS_WITHOUT_ESN};
-pub use link::{LinkSection, PostprocessingSection};
+pub use link::{LinkKind, LinkSection, PostprocessingSection};
 pub use peer::{ChannelSection, Peer, PeerSection, QkdRole};
 pub use secrets::{
     CHANNEL_BOOTSTRAP_BYTES, DEFAULT_CREDENTIALS_SOURCE, MIN_BOOTSTRAP_SECRET_BYTES,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::Findings;
 use super::gateway::anchor;
-use super::link::{self, LinkSection, PostprocessingSection};
+use super::link::{self, LinkKind, LinkSection, PostprocessingSection};
 use super::secrets::{SecretLocation, bootstrap_credential};
 use super::values::{self, HumanDuration, PeerAddress, check_name};
 use crate::keys::Role;
@@ -64,9 +64,10 @@ pub struct PeerSection {
     ///
     /// Example: `bootstrap_secret = "/etc/qkd-ipsec/credentials/bootstrap-gw-b"`
     pub bootstrap_secret: Option<PathBuf>,
-    /// The simulated optics; identical in both gateways' files.
+    /// The kind of link (required) and its simulated optics; identical in
+    /// both gateways' files (but for the lab-only key export).
     ///
-    /// Example: `[peer.link]` then `length_km = 25.0`
+    /// Example: `[peer.link]` then `kind = "simulated"`
     pub link: LinkSection,
     /// Block size, Cascade variant and security parameters; identical in
     /// both gateways' files (checked at run time by a digest).
@@ -215,12 +216,23 @@ pub struct Peer {
     /// This gateway's QKD role on the link.
     pub role: Role,
     pub bootstrap_secret: SecretLocation,
+    /// Where the link's keys come from; `Simulated` is the only kind an
+    /// agent of this build runs.
+    pub kind: LinkKind,
+    /// Lab only: the fibre-key export file (anchored to the config file).
+    pub lab_export_fibre_keys: Option<PathBuf>,
     pub link: LinkSection,
     pub postprocessing: PostprocessingSection,
     pub channel: ChannelSection,
 }
 
 impl Peer {
+    /// Whether the link is simulated: its keys are then only as secret as
+    /// the peer channel's classical keys, and every view of it says so.
+    pub fn is_simulated(&self) -> bool {
+        self.kind == LinkKind::Simulated
+    }
+
     /// Whether this side dials the peer (the transmitter does).
     pub fn dials(&self) -> bool {
         self.role == Role::Transmitter
@@ -267,6 +279,7 @@ impl PeerSection {
                  set address = \"host:port\" of the peer's listen address",
             );
         }
+        let kind = check_kind(prefix, &self.link, f);
         let link_ok = self.link.check(&format!("{prefix}.link"), f);
         let post_ok = self
             .postprocessing
@@ -286,15 +299,74 @@ impl PeerSection {
             Some(p) => SecretLocation::File(anchor(base, &p)),
             None => SecretLocation::Credential(bootstrap_credential(&name)),
         };
+        let lab_export_fibre_keys = self
+            .link
+            .lab_export_fibre_keys
+            .as_deref()
+            .map(|p| anchor(base, p));
         Some(Peer {
             name,
             address: self.address,
             role: role?,
             bootstrap_secret,
+            // A missing or unsupported kind is already an error; the peer
+            // still takes part in the cross-peer checks so that every
+            // finding shows at once.
+            kind: kind.or(self.link.kind).unwrap_or(LinkKind::Simulated),
+            lab_export_fibre_keys,
             link: self.link,
             postprocessing: self.postprocessing,
             channel: self.channel,
         })
+    }
+}
+
+/// The link kind: required, and `etsi014` refused until this build has its
+/// section. Returns the kind when the agent can run it.
+fn check_kind(prefix: &str, link: &LinkSection, f: &mut Findings) -> Option<LinkKind> {
+    let path = format!("{prefix}.link.kind");
+    match link.kind {
+        None => {
+            f.error(
+                path,
+                "missing; say where this link's keys come from: kind = \"simulated\" \
+                 (simulated optics between the agents; keys only as secret as the peer \
+                 channel's bootstrap secret and HMAC keys, not quantum-secure) or \
+                 kind = \"etsi014\" (a real QKD device over ETSI GS QKD 014)",
+            );
+            None
+        }
+        Some(LinkKind::Etsi014) => {
+            if link.lab_export_fibre_keys.is_some() {
+                f.error(
+                    format!("{prefix}.link.lab_export_fibre_keys"),
+                    "only a simulated link has a fibre stream to export keys of; \
+                     remove it with kind = \"etsi014\"",
+                );
+            }
+            // The one place the ETSI 014 source is refused; the section and
+            // the source come with their own change.
+            f.error(
+                path,
+                "kind = \"etsi014\" needs the [peer.etsi014] section (the QKD device's \
+                 ETSI GS QKD 014 key-delivery endpoint), which this build does not support yet; \
+                 use kind = \"simulated\" for now",
+            );
+            None
+        }
+        Some(LinkKind::Simulated) => {
+            if let Some(p) = &link.lab_export_fibre_keys {
+                f.warn(
+                    format!("{prefix}.link.lab_export_fibre_keys"),
+                    format!(
+                        "LAB ONLY: the agent writes this link's fibre keys to {}; whoever reads \
+                         it can read every key the link makes (for `qkd-ipsec eve --fibre-keys`)",
+                        p.display()
+                    ),
+                );
+            }
+            Some(LinkKind::Simulated)
+        }
     }
 }
 

@@ -29,6 +29,10 @@ pub struct EveCounters {
     /// Fibre frames whose payload was not a valid pulse frame (forwarded
     /// unchanged; the receiver refuses them).
     pub fibre_undecodable: AtomicU64,
+    /// Fibre frames forwarded sealed, unopened: no fibre key for their
+    /// session (no `--fibre-keys`, or no line for its epoch) or a frame
+    /// that did not open.
+    pub fibre_unopened: AtomicU64,
     /// Non-vacuum pulses in decoded fibre frames.
     pub pulses: AtomicU64,
     /// Pulses measured and resent.
@@ -53,6 +57,7 @@ pub struct EveSnapshot {
     pub bytes_to_transmitter: u64,
     pub fibre_frames: u64,
     pub fibre_undecodable: u64,
+    pub fibre_unopened: u64,
     pub pulses: u64,
     pub intercepted: u64,
     pub tampered: u64,
@@ -80,6 +85,7 @@ impl EveCounters {
             bytes_to_transmitter: g(&self.bytes_to_transmitter),
             fibre_frames: g(&self.fibre_frames),
             fibre_undecodable: g(&self.fibre_undecodable),
+            fibre_unopened: g(&self.fibre_unopened),
             pulses: g(&self.pulses),
             intercepted: g(&self.intercepted),
             tampered: g(&self.tampered),
@@ -106,7 +112,7 @@ impl fmt::Display for EveSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "fraction {:.2} | pulses {} intercepted {} ({:.2} %) | fibre frames {} ({} undecodable) \
+            "fraction {:.2} | pulses {} intercepted {} ({:.2} %) | fibre frames {} ({} undecodable, {} sealed unopened) \
              | connections {} ({} open, {} refused, {} upstream failures, {} frame errors) \
              | bytes to receiver {} to transmitter {}",
             self.fraction,
@@ -115,6 +121,7 @@ impl fmt::Display for EveSnapshot {
             100.0 * self.intercepted_share(),
             self.fibre_frames,
             self.fibre_undecodable,
+            self.fibre_unopened,
             self.connections,
             self.open,
             self.refused,

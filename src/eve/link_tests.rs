@@ -1,6 +1,7 @@
 //! End to end: the QKD link state machines ([`AliceLink`], [`BobLink`])
 //! over two real peer links on 127.0.0.1 with Eve's proxy in the fibre
-//! path. With Eve idle the block yields the same key on both sides (every
+//! path, handed the transmitter's lab export of fibre keys (the fibre is
+//! sealed). With Eve idle the block yields the same key on both sides (every
 //! classical frame crossed her untouched); with Eve attacking a fraction f
 //! of the pulses the test-basis QBER rises by f·(¼ − e_d/2) over the
 //! baseline and the block aborts with a security alarm.
@@ -132,6 +133,8 @@ async fn eve_raises_the_test_qber_by_a_quarter_of_her_fraction_and_aborts_the_bl
     let (l, tracker, cancel) = listener("127.0.0.1:0".parse().unwrap()).await;
     let mut pc = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), l.local_addr());
     pc.seed = Some(7);
+    let export = g.dir.path().join("fibre.keys");
+    pc.fibre_keys = Some(export.clone());
     let proxy = EveProxy::bind(pc).await.unwrap();
     let (via_eve, eve, dial) = (proxy.local_addr(), proxy.counters(), proxy.dial());
     proxy.spawn(&tracker, cancel.clone());
@@ -143,8 +146,10 @@ async fn eve_raises_the_test_qber_by_a_quarter_of_her_fraction_and_aborts_the_bl
         tracker,
         cancel,
     );
+    let mut tx_cfg = fast_cfg(Role::Transmitter);
+    tx_cfg.lab_export_fibre_keys = Some(export);
     let mut tx = spawn_side(
-        fast_cfg(Role::Transmitter),
+        tx_cfg,
         Endpoint::Dial(via_eve),
         g.store(Role::Transmitter),
         g.pool(Role::Transmitter),
@@ -224,6 +229,12 @@ async fn eve_raises_the_test_qber_by_a_quarter_of_her_fraction_and_aborts_the_bl
             }
         }
     }
+    assert_eq!(
+        eve.fibre_unopened
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "Eve opened every fibre frame"
+    );
     // Classical frames were never touched: no MAC or sequence failure.
     for side in [&tx, &rx] {
         let k = side.handle.counters();

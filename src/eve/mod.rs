@@ -4,13 +4,16 @@
 //!
 //! * [`EveProxy`] — a TCP man-in-the-middle on the peer channel. The QKD
 //!   transmitter dials Eve instead of the receiver; Eve dials the receiver
-//!   and forwards both directions frame by frame. Fibre frames from the
-//!   transmitter are decoded as [`PulseFrame`]s and a chosen fraction of
-//!   their pulses goes through [`InterceptResend`] (measure in a random
-//!   basis, resend the same photon number in the state found), which raises
-//!   the test-basis QBER by about a quarter of that fraction. Every other
-//!   frame passes byte for byte: Eve holds no channel key and cannot change
-//!   an authenticated frame without being caught. The attacked fraction can
+//!   and forwards both directions frame by frame. Fibre frames are sealed
+//!   ([`crate::peer::fibre`]): only when handed the agents' lab export of
+//!   fibre base keys (`--fibre-keys`) does Eve open them, decode them as
+//!   [`PulseFrame`]s, put a chosen fraction of their pulses through
+//!   [`InterceptResend`] (measure in a random basis, resend the same photon
+//!   number in the state found) and re-seal them; this raises the
+//!   test-basis QBER by about a quarter of that fraction. Without the keys
+//!   she forwards fibre unopened and attacks nothing. Every other frame
+//!   passes byte for byte: Eve holds no channel key and cannot change an
+//!   authenticated frame without being caught. The attacked fraction can
 //!   be changed while she runs ([`FractionDial`], `--fraction-file`).
 //!   Optionally she records the classical frames of the first connection
 //!   (for a later replay) and tampers once with an authenticated frame in
@@ -20,9 +23,10 @@
 //!   recording or a forged handshake, and reports whether the agent closed
 //!   the connection.
 //!
-//! This module only touches sockets and the frame structure
-//! ([`crate::peer::frame`]); it holds no key, reads no configuration file
-//! of the agent and never talks to the kernel. Fibre records name the
+//! This module only touches sockets, the frame structure
+//! ([`crate::peer::frame`]) and, when given, the fibre-key export; it holds
+//! no channel key, reads no configuration file of the agent and never
+//! talks to the kernel. Fibre records name the
 //! photons' states outright (a simulation device, see
 //! [`crate::qkd::optics::frame`]); Eve only rewrites them through
 //! [`InterceptResend`] and never stores or prints them, so she learns no
@@ -69,6 +73,14 @@ pub enum EveError {
     ConnectTimeout { addr: SocketAddr },
     #[error("the attacked fraction {0} is outside [0, 1]")]
     Fraction(f64),
+    #[error(
+        "the fibre stream is sealed: Eve cannot measure pulses without the agents' fibre keys. \
+         Set `lab_export_fibre_keys = \"FILE\"` in the transmitter's [peer.link] and pass \
+         --fibre-keys FILE, or attack nothing (--fraction 0)"
+    )]
+    NoFibreKeys,
+    #[error("fibre-key file: {0}")]
+    FibreKeys(String),
     #[error("fraction file {}: {why}", path.display())]
     FractionFile { path: PathBuf, why: String },
     #[error("recording {}: {why}", path.display())]

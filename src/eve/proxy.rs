@@ -1,18 +1,27 @@
 //! The intercept–resend proxy: accepts the transmitter's connections, dials
 //! the receiver for each, and forwards both directions frame by frame.
 //!
-//! Owns the accept loop, the per-connection pumps, the recording of
-//! classical frames and the one-shot in-path tamper. Reads frames with the
-//! peer channel's bounded reader ([`read_frame`]), so a frame over its limit
-//! or a stream that is not the peer protocol closes both sides before
-//! anything big is allocated. Fibre frames are rewritten off the runtime
-//! threads (decode, intercept, encode is CPU work); every other frame is
-//! written out exactly as it came in.
+//! Owns the accept loop, the per-connection pumps, the per-connection fibre
+//! key, the recording of classical frames and the one-shot in-path tamper.
+//! Reads frames with the peer channel's bounded reader ([`read_frame`]), so
+//! a frame over its limit or a stream that is not the peer protocol closes
+//! both sides before anything big is allocated.
+//!
+//! Fibre frames are sealed ([`crate::peer::fibre`]). Handed the agents' lab
+//! export of fibre base keys (`--fibre-keys`), Eve takes the epoch and the
+//! dialer's nonce from the Hello and the acceptor's nonce from the
+//! HelloReply — both in clear — derives the session's fibre key, and then
+//! opens each fibre frame, attacks its pulses and re-seals it (numbering
+//! from [`LAB_RESEAL_OFFSET`] so no nonce repeats), off the runtime threads.
+//! Without a key for the session she forwards fibre frames unopened. Every
+//! other frame is written out exactly as it came in.
+//!
+//! [`LAB_RESEAL_OFFSET`]: crate::peer::fibre::LAB_RESEAL_OFFSET
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -25,7 +34,10 @@ use tokio_util::task::TaskTracker;
 use super::EveError;
 use super::counters::{EveCounters, EveSnapshot};
 use super::fraction::FractionDial;
-use crate::peer::frame::{FrameLimits, FrameType, HEADER_LEN, encode_plain};
+use crate::peer::fibre::export::FibreKeyFile;
+use crate::peer::fibre::{FibreOpener, FibreSealer};
+use crate::peer::frame::{FrameLimits, FrameType, RawFrame, Split, split_frame};
+use crate::peer::handshake::{Hello, reply_public_fields};
 use crate::peer::transport::{ReadError, read_frame};
 use crate::qkd::optics::{InterceptResend, NoiseRng, PulseFrame};
 
@@ -70,6 +82,10 @@ pub struct ProxyConfig {
     /// first connection to this file, for `eve hostile --attack replay`.
     pub record: Option<PathBuf>,
     pub tamper: InPathTamper,
+    /// The agents' lab export of fibre base keys
+    /// ([`crate::peer::fibre::export`]); without it Eve cannot open the
+    /// sealed fibre, so a fraction above 0 is refused.
+    pub fibre_keys: Option<PathBuf>,
 }
 
 impl ProxyConfig {
@@ -86,6 +102,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             record: None,
             tamper: InPathTamper::None,
+            fibre_keys: None,
         }
     }
 }
@@ -110,6 +127,19 @@ pub struct EveProxy {
 impl EveProxy {
     pub async fn bind(cfg: ProxyConfig) -> Result<Self, EveError> {
         let dial = FractionDial::new(cfg.fraction)?;
+        match &cfg.fibre_keys {
+            None if cfg.fraction > 0.0 => return Err(EveError::NoFibreKeys),
+            None => {}
+            // The agents append to the file as epochs appear; one that is
+            // not there yet is read at each handshake. One that exists
+            // must already be private and well formed.
+            Some(path) if !path.exists() => {
+                tracing::warn!(path = %path.display(), "fibre-key file does not exist yet; it is read at each handshake");
+            }
+            Some(path) => {
+                FibreKeyFile::load(path).map_err(|e| EveError::FibreKeys(e.to_string()))?;
+            }
+        }
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|error| EveError::Bind {
@@ -278,6 +308,7 @@ async fn serve(
         },
     };
     let eve = InterceptResend::new(shared.dial.get(), noise).expect("the dial holds [0, 1]");
+    let handshake = Arc::new(Mutex::new(HandshakeSeen::default()));
     let recording = shared
         .record_armed
         .swap(false, Ordering::Relaxed)
@@ -289,16 +320,22 @@ async fn serve(
         shared: Arc::clone(&shared),
         eve: Some(eve),
         recording,
+        handshake: Arc::clone(&handshake),
+        fibre: None,
+    };
+    let mut to_transmitter = ReceiverFrames {
+        shared: Arc::clone(&shared),
+        handshake,
     };
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let c = &shared.counters;
     let end = tokio::select! {
         () = cancel.cancelled() => End::Cancelled,
-        why = pump(cr, uw, cfg.limits, Some(&mut to_receiver), &c.frames_to_receiver, &c.bytes_to_receiver) => {
+        why = pump(cr, uw, cfg.limits, Side::Transmitter(&mut to_receiver), &c.frames_to_receiver, &c.bytes_to_receiver) => {
             End::Pump { toward: "receiver", why }
         }
-        why = pump(ur, cw, cfg.limits, None, &c.frames_to_transmitter, &c.bytes_to_transmitter) => {
+        why = pump(ur, cw, cfg.limits, Side::Receiver(&mut to_transmitter), &c.frames_to_transmitter, &c.bytes_to_transmitter) => {
             End::Pump { toward: "transmitter", why }
         }
     };
@@ -321,13 +358,21 @@ pub(super) fn connection_seed(seed: u64, index: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Which way a pump runs, with what it does to the frames.
+enum Side<'a> {
+    /// Transmitter → receiver: Hello, fibre and classical frames.
+    Transmitter(&'a mut TransmitterFrames),
+    /// Receiver → transmitter: watched for the HelloReply, never changed.
+    Receiver(&'a mut ReceiverFrames),
+}
+
 /// Moves frames from `r` to `w` until either fails; frames from the
-/// transmitter go through `rewrite`, the rest pass unchanged.
+/// transmitter may be rewritten, the receiver's pass unchanged.
 async fn pump(
     mut r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
     limits: FrameLimits,
-    mut rewrite: Option<&mut TransmitterFrames>,
+    mut side: Side<'_>,
     frames: &AtomicU64,
     bytes: &AtomicU64,
 ) -> ReadOrWrite {
@@ -337,12 +382,17 @@ async fn pump(
             Ok(f) => f,
             Err(e) => return ReadOrWrite::Read(e),
         };
-        let out = match rewrite.as_deref_mut() {
-            Some(t) => match t.process(frame).await {
+        let out = match &mut side {
+            Side::Transmitter(t) => match t.process(frame).await {
                 Ok(out) => out,
                 Err(e) => return ReadOrWrite::Rewrite(e),
             },
-            None => vec![frame],
+            Side::Receiver(r) => {
+                // The HelloReply is looked at before it is forwarded, so the
+                // fibre key is known before the transmitter can send fibre.
+                r.observe(&frame, &limits).await;
+                vec![frame]
+            }
         };
         for f in out {
             if let Err(e) = w.write_all(&f).await {
@@ -354,12 +404,99 @@ async fn pump(
     }
 }
 
+/// What one connection's handshake showed in clear, and the fibre key Eve
+/// derived from it.
+#[derive(Default)]
+struct HandshakeSeen {
+    hello: Option<Hello>,
+    fibre: Option<FibreCrypt>,
+}
+
+/// Eve's two ends of a session's sealed fibre: she opens what the
+/// transmitter sealed and re-seals in her own counter range.
+struct FibreCrypt {
+    opener: FibreOpener,
+    sealer: FibreSealer,
+}
+
+/// The receiver's frames: only the HelloReply matters (its nonce).
+struct ReceiverFrames {
+    shared: Arc<Shared>,
+    handshake: Arc<Mutex<HandshakeSeen>>,
+}
+
+impl ReceiverFrames {
+    async fn observe(&mut self, frame: &Bytes, limits: &FrameLimits) {
+        if frame[3] != FrameType::HelloReply.code() {
+            return;
+        }
+        let Some(path) = self.shared.cfg.fibre_keys.clone() else {
+            return;
+        };
+        let Ok(Split::Frame(raw)) = split_frame(frame, limits) else {
+            return;
+        };
+        let Ok((epoch, acceptor_nonce)) = reply_public_fields(&raw) else {
+            return;
+        };
+        let Some(hello) = lock(&self.handshake).hello.clone() else {
+            return;
+        };
+        if hello.epoch != epoch {
+            return;
+        }
+        // The agents append a line per epoch: read the file afresh.
+        let found = tokio::task::spawn_blocking(move || {
+            FibreKeyFile::load(&path).map(|f| f.find(&hello.dialer, &hello.acceptor, epoch))
+        })
+        .await;
+        let base = match found {
+            Ok(Ok(Some(base))) => base,
+            Ok(Ok(None)) => {
+                tracing::warn!(
+                    epoch,
+                    "no fibre key for this session's epoch in the fibre-key file; its fibre passes unopened"
+                );
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "cannot read the fibre-key file ({e}); this session's fibre passes unopened"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("fibre-key lookup failed: {e}");
+                return;
+            }
+        };
+        let hs = &mut *lock(&self.handshake);
+        let Some(hello) = &hs.hello else { return };
+        let key = || base.session_key(&hello.nonce, &acceptor_nonce);
+        hs.fibre = Some(FibreCrypt {
+            opener: FibreOpener::new(key()),
+            sealer: FibreSealer::lab_reseal(key()),
+        });
+        tracing::info!(
+            epoch,
+            "derived this session's fibre key from the handshake nonces"
+        );
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What Eve does to the transmitter's frames on one connection.
 struct TransmitterFrames {
     shared: Arc<Shared>,
     /// Lent to a blocking thread while a fibre frame is rewritten.
     eve: Option<InterceptResend>,
     recording: Option<Recorder>,
+    handshake: Arc<Mutex<HandshakeSeen>>,
+    /// The session's fibre key once derived; lent like `eve`.
+    fibre: Option<FibreCrypt>,
 }
 
 impl TransmitterFrames {
@@ -368,6 +505,17 @@ impl TransmitterFrames {
         let frame_type = FrameType::from_code(frame[3]).expect("read_frame checked the type");
         if frame_type == FrameType::Fibre {
             return Ok(vec![self.intercept(frame).await?]);
+        }
+        if frame_type == FrameType::Hello && self.shared.cfg.fibre_keys.is_some() {
+            let limits = self.shared.cfg.limits;
+            if let Ok(Split::Frame(raw)) = split_frame(&frame, &limits)
+                && let Ok(hello) = Hello::decode(&raw)
+            {
+                *lock(&self.handshake) = HandshakeSeen {
+                    hello: Some(hello),
+                    fibre: None,
+                };
+            }
         }
         if let Some(rec) = self.recording.as_mut() {
             rec.append(&frame, &self.shared.counters).await;
@@ -397,41 +545,81 @@ impl TransmitterFrames {
             .eve
             .take()
             .ok_or("interceptor lost by an earlier failure")?;
+        if self.fibre.is_none() {
+            self.fibre = lock(&self.handshake).fibre.take();
+        }
+        let Some(mut crypt) = self.fibre.take() else {
+            // No key for this session: the pulses cannot be measured.
+            EveCounters::add(&c.fibre_unopened, 1);
+            self.eve = Some(eve);
+            return Ok(frame);
+        };
         let fraction = self.shared.dial.get();
+        let limits = self.shared.cfg.limits;
         let job = tokio::task::spawn_blocking(move || {
-            let out = rewrite_fibre(&mut eve, fraction, frame, &c);
-            (eve, out)
+            let out = rewrite_fibre(&mut eve, &mut crypt, fraction, frame, &limits, &c);
+            (eve, crypt, out)
         });
-        let (eve, out) = job
+        let (eve, crypt, out) = job
             .await
             .map_err(|e| format!("fibre rewrite failed: {e}"))?;
         self.eve = Some(eve);
-        Ok(out)
+        self.fibre = Some(crypt);
+        out
     }
 }
 
-/// Decodes the pulses, attacks the dialled fraction, re-encodes. A payload
-/// that is not a pulse frame, or a frame with no pulse attacked, is
-/// forwarded as it came (so fraction 0 is byte-for-byte transparent).
-fn rewrite_fibre(eve: &mut InterceptResend, fraction: f64, frame: Bytes, c: &EveCounters) -> Bytes {
-    let mut pulses = match PulseFrame::decode(&frame[HEADER_LEN..]) {
+/// Opens the frame, attacks the dialled fraction of its pulses, re-seals.
+/// A frame Eve cannot open is forwarded as it came (the receiver judges
+/// it); an opened payload that is not a pulse frame is re-sealed
+/// unchanged. Every opened frame is re-sealed, attacked or not, so her
+/// counters stay above the transmitter's (fraction 0 leaves the pulses
+/// as they were).
+fn rewrite_fibre(
+    eve: &mut InterceptResend,
+    crypt: &mut FibreCrypt,
+    fraction: f64,
+    frame: Bytes,
+    limits: &FrameLimits,
+    c: &EveCounters,
+) -> Result<Bytes, String> {
+    let opened = match split_frame(&frame, limits) {
+        Ok(Split::Frame(raw)) => open(&mut crypt.opener, &raw),
+        _ => Err("not a whole frame".into()),
+    };
+    let plain = match opened {
         Ok(p) => p,
         Err(e) => {
-            EveCounters::add(&c.fibre_undecodable, 1);
-            tracing::debug!("fibre payload is not a pulse frame ({e}); forwarded unchanged");
-            return frame;
+            EveCounters::add(&c.fibre_unopened, 1);
+            tracing::debug!("cannot open a fibre frame ({e}); forwarded unchanged");
+            return Ok(frame);
         }
     };
-    EveCounters::add(&c.pulses, pulses.len() as u64);
-    eve.set_fraction(fraction).expect("the dial holds [0, 1]");
-    let attacked = eve.intercept(&mut pulses);
-    EveCounters::add(&c.intercepted, attacked as u64);
-    if attacked == 0 {
-        return frame;
-    }
-    // Same records, same gaps: the re-encoded frame has the original length,
-    // so it stays within the limit the original passed.
-    Bytes::from(encode_plain(FrameType::Fibre, &pulses.encode()))
+    let payload = match PulseFrame::decode(&plain) {
+        Ok(mut pulses) => {
+            EveCounters::add(&c.pulses, pulses.len() as u64);
+            eve.set_fraction(fraction).expect("the dial holds [0, 1]");
+            let attacked = eve.intercept(&mut pulses);
+            EveCounters::add(&c.intercepted, attacked as u64);
+            // Same records, same gaps: the same length as the original, so
+            // the re-sealed frame stays within the limit the original passed.
+            pulses.encode()
+        }
+        Err(e) => {
+            EveCounters::add(&c.fibre_undecodable, 1);
+            tracing::debug!("fibre payload is not a pulse frame ({e}); re-sealed unchanged");
+            plain
+        }
+    };
+    crypt
+        .sealer
+        .seal(&payload)
+        .map(Bytes::from)
+        .map_err(|e| format!("cannot re-seal a fibre frame: {e}"))
+}
+
+fn open(opener: &mut FibreOpener, raw: &RawFrame<'_>) -> Result<Vec<u8>, String> {
+    opener.open(raw).map_err(|e| e.to_string())
 }
 
 /// Appends the classical frames of one connection to the recording file.

@@ -1,5 +1,6 @@
 //! The proxy between two real peer links on 127.0.0.1: classical frames
-//! pass unchanged, fibre frames are attacked at the dialled fraction, a
+//! pass unchanged, fibre frames are attacked at the dialled fraction when
+//! Eve holds the exported fibre keys and pass unopened when she does not, a
 //! frame over the limit closes both sides, in-path tampering is caught, and
 //! cancel stops everything.
 
@@ -16,12 +17,14 @@ use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::keys::Role;
-use crate::peer::frame::{FrameHeader, FrameType, encode_plain};
+use crate::peer::frame::{FrameHeader, FrameType};
 use crate::peer::test_rig::*;
 use crate::peer::{Endpoint, Stream};
 use crate::qkd::optics::{Basis, NoiseRng, PulseFrame, PulseRecord};
 
-/// Receiver behind a proxy, transmitter dialling the proxy.
+/// Receiver behind a proxy, transmitter dialling the proxy. The
+/// transmitter exports its fibre keys and Eve is handed them, unless the
+/// test's `cfg` clears `fibre_keys`.
 struct Rig {
     tx: Side,
     rx: Side,
@@ -33,6 +36,8 @@ async fn rig(g: &Gateways, cfg: impl FnOnce(&mut ProxyConfig)) -> Rig {
     let (l, tracker, cancel) = listener("127.0.0.1:0".parse().unwrap()).await;
     let mut c = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), l.local_addr());
     c.seed = Some(42);
+    let export = g.dir.path().join("fibre.keys");
+    c.fibre_keys = Some(export.clone());
     cfg(&mut c);
     let proxy = EveProxy::bind(c).await.unwrap();
     let (addr, counters, dial) = (proxy.local_addr(), proxy.counters(), proxy.dial());
@@ -45,8 +50,10 @@ async fn rig(g: &Gateways, cfg: impl FnOnce(&mut ProxyConfig)) -> Rig {
         tracker,
         cancel,
     );
+    let mut tx_cfg = fast_cfg(Role::Transmitter);
+    tx_cfg.lab_export_fibre_keys = Some(export);
     let tx = spawn_side(
-        fast_cfg(Role::Transmitter),
+        tx_cfg,
         Endpoint::Dial(addr),
         g.store(Role::Transmitter),
         g.pool(Role::Transmitter),
@@ -127,6 +134,7 @@ async fn classical_frames_pass_unchanged_and_fraction_zero_is_transparent() {
     assert_eq!(count(&c.intercepted), 0);
     assert_eq!(count(&c.fibre_frames), 2);
     assert_eq!(count(&c.fibre_undecodable), 1);
+    assert_eq!(count(&c.fibre_unopened), 0, "Eve held the session's key");
     assert_eq!(count(&c.connections), 1);
     assert_eq!(count(&c.open), 1);
     assert!(
@@ -140,6 +148,48 @@ async fn classical_frames_pass_unchanged_and_fraction_zero_is_transparent() {
     }
     r.tx.stop().await;
     r.rx.stop().await;
+}
+
+#[tokio::test]
+async fn without_fibre_keys_eve_passes_sealed_fibre_and_refuses_to_attack() {
+    let g = Gateways::new();
+    let upstream = "127.0.0.1:9".parse().unwrap();
+    let mut c = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), upstream);
+    c.fraction = 0.5;
+    assert!(matches!(
+        EveProxy::bind(c).await.err(),
+        Some(EveError::NoFibreKeys)
+    ));
+    let mut r = rig(&g, |c| c.fibre_keys = None).await;
+    let frame = pulses(5_000, 3).encode();
+    r.tx.handle
+        .send(Stream::Fibre, Bytes::from(frame.clone()))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut r.rx.rx.fibre).await.payload, &frame[..]);
+    let c = &r.counters;
+    assert_eq!(count(&c.fibre_frames), 1);
+    assert_eq!(count(&c.fibre_unopened), 1);
+    assert_eq!(count(&c.pulses), 0, "sealed pulses cannot be measured");
+    r.tx.stop().await;
+    r.rx.stop().await;
+}
+
+#[tokio::test]
+async fn a_fibre_key_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let g = Gateways::new();
+    let path = g.dir.path().join("open.keys");
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = ProxyConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    c.fraction = 1.0;
+    c.fibre_keys = Some(path);
+    let e = EveProxy::bind(c).await.err().expect("refused");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
 }
 
 /// Sends `frames` fibre frames of `n` pulses; returns (pulses changed, total).
@@ -212,8 +262,15 @@ async fn a_frame_over_the_limit_closes_both_sides() {
 
     let mut client = TcpStream::connect(addr).await.unwrap();
     let (mut upstream, _) = server.accept().await.unwrap();
-    // A frame within the limit passes.
-    let ok = encode_plain(FrameType::Fibre, &[7u8; 4096]);
+    // A frame within the limit passes (unopened: Eve holds no key).
+    let mut ok = FrameHeader {
+        frame_type: FrameType::Fibre,
+        len: 4096,
+        seq: 1,
+    }
+    .to_bytes()
+    .to_vec();
+    ok.extend_from_slice(&[7u8; 4096]);
     client.write_all(&ok).await.unwrap();
     let mut got = vec![0u8; ok.len()];
     upstream.read_exact(&mut got).await.unwrap();

@@ -8,7 +8,7 @@
 use std::fmt::Write;
 
 use super::alarm::AlarmKind;
-use super::snapshot::{BoardSnapshot, ChannelState, TunnelState};
+use super::snapshot::{BoardSnapshot, ChannelState, LinkSource, TunnelState};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -114,6 +114,16 @@ pub fn render_metrics(s: &BoardSnapshot) -> String {
 }
 
 fn render_peers(e: &mut Exposition, s: &BoardSnapshot) {
+    let mut f = e.family(
+        "qkd_ipsec_link_simulated",
+        Type::Gauge,
+        "1 if the link is simulated: its keys are only as secret as the peer channel's \
+         classical keys (bootstrap secret, HMAC channel keys), not quantum-secure.",
+    );
+    for p in &s.peers {
+        let simulated = p.source == LinkSource::Simulated;
+        f.sample(&[("peer", &p.name)], f64::from(u8::from(simulated)));
+    }
     let mut f = e.family(
         "qkd_ipsec_link_up",
         Type::Gauge,

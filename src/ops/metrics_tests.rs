@@ -258,6 +258,12 @@ fn full_board_exposition_is_valid_and_carries_the_figures() {
         36.0
     );
     assert_eq!(v("qkd_ipsec_link_up", &[("peer", p)]), 0.0);
+    assert_eq!(v("qkd_ipsec_link_simulated", &[("peer", p)]), 1.0);
+    peer.set_source(crate::ops::LinkSource::Etsi014);
+    let text = render_metrics(&board.snapshot());
+    let s = parse_exposition(&text).unwrap();
+    let simulated = find(&s, "qkd_ipsec_link_simulated", &[("peer", p)]).unwrap();
+    assert_eq!(simulated.value, 0.0, "a real QKD device is not simulated");
     assert_eq!(
         v("qkd_ipsec_tunnel_generation", &[("tunnel", "site-b")]),
         7.0

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use super::alarm::{Alarm, AlarmKind, AuthSource, QberBasis};
 use super::board::{StatusBoard, write};
 use super::snapshot::{
-    CauseCount, ChannelSnapshot, ChannelState, LastBlock, PeerRole, PeerSnapshot, PoolSnapshot,
-    QkdSnapshot, UseBytes,
+    CauseCount, ChannelSnapshot, ChannelState, LastBlock, LinkSource, PeerRole, PeerSnapshot,
+    PoolSnapshot, QkdSnapshot, UseBytes,
 };
 use super::unix_ms;
 use crate::keys::{KeyUse, PoolStatus};
@@ -35,6 +35,7 @@ pub struct PeerReporter {
 pub(crate) struct PeerEntry {
     name: String,
     role: PeerRole,
+    source: LinkSource,
     registered_at: SystemTime,
     channel: ChannelSnapshot,
     blocks_ok: u64,
@@ -50,6 +51,9 @@ impl PeerEntry {
         Self {
             name: name.to_string(),
             role,
+            // The only kind an agent runs today; the agent sets it anyway
+            // (`PeerReporter::set_source`), and erring this way over-warns.
+            source: LinkSource::Simulated,
             registered_at: now,
             channel: ChannelSnapshot {
                 state: ChannelState::Unknown,
@@ -96,6 +100,8 @@ impl PeerEntry {
         PeerSnapshot {
             name: self.name.clone(),
             role: self.role,
+            source: self.source,
+            caveat: self.source.caveat().map(str::to_string),
             channel: self.channel.clone(),
             qkd: QkdSnapshot {
                 blocks_ok: self.blocks_ok,
@@ -140,6 +146,11 @@ impl PeerReporter {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the link's keys come from (the config's `[peer.link] kind`).
+    pub fn set_source(&self, source: LinkSource) {
+        write(&self.entry).source = source;
     }
 
     /// Copies the peer channel's state and counters (call it on every

@@ -94,6 +94,14 @@ fn render_peer(out: &mut String, p: &PeerSnapshot, now: u64) {
         ", reconnects {}, auth failures {}",
         c.reconnects, c.auth_failures
     );
+    let _ = writeln!(
+        out,
+        "      link: {}{}",
+        p.source.name(),
+        p.caveat
+            .as_deref()
+            .map_or(String::new(), |c| format!(" — {c}"))
+    );
     if let Some(err) = c
         .last_error
         .as_deref()
@@ -332,6 +340,7 @@ mod tests {
             "gateway gw-a",
             "1/1 tunnels keyed, 1 active alarms (1 critical)",
             "gw-b  (transmitter)  channel unknown",
+            "link: simulated — SIMULATED link: its keys are only as secret as the peer channel's classical keys",
             "1 blocks ok, 1 aborted (test_qber 1)",
             "key rate 343 bit/s over 35 s, 12000 key bits in total",
             "last block #42 5.0 s ago: QBER key n/a, test 25.00 %; aborted: test_qber",

@@ -46,10 +46,46 @@ impl PeerRole {
     }
 }
 
+/// Where a link's keys come from (`[peer.link] kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkSource {
+    /// Simulated optics between the agents.
+    Simulated,
+    /// A real QKD device over ETSI GS QKD 014.
+    Etsi014,
+}
+
+/// What every view of a simulated link says about its keys.
+pub const SIMULATED_LINK_CAVEAT: &str = "SIMULATED link: its keys are only as secret as the peer \
+    channel's classical keys (bootstrap secret, HMAC channel keys), not quantum-secure";
+
+impl LinkSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkSource::Simulated => "simulated",
+            LinkSource::Etsi014 => "etsi014",
+        }
+    }
+
+    /// The caveat to show with the link, if any.
+    pub fn caveat(self) -> Option<&'static str> {
+        match self {
+            LinkSource::Simulated => Some(SIMULATED_LINK_CAVEAT),
+            LinkSource::Etsi014 => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerSnapshot {
     pub name: String,
     pub role: PeerRole,
+    /// Where the link's keys come from.
+    pub source: LinkSource,
+    /// Said with every simulated link, so no reader of the JSON mistakes
+    /// its keys for quantum-secure ones ([`SIMULATED_LINK_CAVEAT`]).
+    pub caveat: Option<String>,
     pub channel: ChannelSnapshot,
     pub qkd: QkdSnapshot,
     /// `None` until the agent first reports the pool.

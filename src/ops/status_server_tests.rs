@@ -77,6 +77,11 @@ async fn socket_is_0600_and_serves_text_json_and_metrics() {
     let snap: BoardSnapshot = serde_json::from_str(&json).unwrap();
     assert_eq!(snap.tunnels[0].spi_out, Some(0xc0ff_ee02));
     assert_eq!(snap.peers[0].qkd.blocks_ok, 1);
+    // The JSON says plainly what a simulated link's keys are worth.
+    assert_eq!(snap.peers[0].source, crate::ops::LinkSource::Simulated);
+    assert!(json.contains("\"source\": \"simulated\""), "{json}");
+    let caveat = snap.peers[0].caveat.as_deref().unwrap();
+    assert!(caveat.contains("not quantum-secure"), "{caveat}");
 
     let metrics = query(&path, StatusFormat::Metrics).await.unwrap();
     assert!(metrics.contains("qkd_ipsec_tunnel_generation{tunnel=\"site-b\",peer=\"gw-b\"} 4"));

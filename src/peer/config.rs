@@ -71,6 +71,10 @@ pub struct LinkConfig {
     pub backoff: Backoff,
     /// Frames queued per stream and direction before senders wait.
     pub queue_depth: usize,
+    /// Lab only: append each channel-key epoch's fibre base key to this
+    /// 0600 file, for `qkd-ipsec eve --fibre-keys` ([`super::fibre::export`]).
+    /// Whoever reads it learns every key of the link.
+    pub lab_export_fibre_keys: Option<std::path::PathBuf>,
 }
 
 impl LinkConfig {
@@ -86,6 +90,7 @@ impl LinkConfig {
             idle_timeout: Duration::from_secs(30),
             backoff: Backoff::default(),
             queue_depth: 64,
+            lab_export_fibre_keys: None,
         }
     }
 

@@ -25,7 +25,9 @@ pub const TAG_LEN: usize = 32;
 pub const MAGIC: [u8; 2] = *b"QK";
 /// The only wire version this code speaks. A change of header, handshake or
 /// key schedule bumps it; a peer speaking another version is refused.
-pub const VERSION: u8 = 1;
+/// Version 2 seals the fibre stream ([`super::fibre`]); version 1 sent it
+/// in clear.
+pub const VERSION: u8 = 2;
 /// Largest handshake payload (two 64-byte names, epoch, nonce, tag fit with
 /// room to spare); fixed, because it is enforced before the peer is known.
 pub const MAX_HANDSHAKE_PAYLOAD: u32 = 256;
@@ -46,8 +48,8 @@ pub enum FrameType {
     HelloReply,
     /// Handshake 3, dialer → acceptor, carries the dialer's confirmation.
     Finish,
-    /// Simulated fibre (per-pulse records), transmitter → receiver; not
-    /// MACed by design (see the module doc of [`super`]).
+    /// Simulated fibre (per-pulse records), transmitter → receiver;
+    /// AES-GCM sealed under the session's fibre key ([`super::fibre`]).
     Fibre,
     /// QKD post-processing message, authenticated.
     Qkd,
@@ -84,9 +86,19 @@ impl FrameType {
     }
 
     /// Whether the frame ends with a session MAC tag and carries a sequence
-    /// number. Handshake frames authenticate through their payload instead.
+    /// number. Handshake frames authenticate through their payload instead;
+    /// Fibre frames carry their own GCM tag inside the payload.
     pub fn is_authenticated(self) -> bool {
         matches!(self, FrameType::Qkd | FrameType::Control | FrameType::Link)
+    }
+
+    /// Hello, HelloReply, Finish: no session key exists yet, so the
+    /// sequence field is 0.
+    pub fn is_handshake(self) -> bool {
+        matches!(
+            self,
+            FrameType::Hello | FrameType::HelloReply | FrameType::Finish
+        )
     }
 }
 
@@ -155,7 +167,7 @@ pub enum FrameError {
         len: u32,
         max: u32,
     },
-    #[error("{0:?} frame carries a non-zero sequence field")]
+    #[error("{0:?} handshake frame carries a non-zero sequence field")]
     UnexpectedSequence(FrameType),
     #[error("MAC check failed on a {0:?} frame (forged, corrupted or wrong key)")]
     BadMac(FrameType),
@@ -224,7 +236,8 @@ pub fn parse_header(buf: &[u8], limits: &FrameLimits) -> Result<Option<FrameHead
             max,
         });
     }
-    if !frame_type.is_authenticated() && seq != 0 {
+    // Fibre frames carry their counter here; the fibre opener checks it.
+    if frame_type.is_handshake() && seq != 0 {
         return Err(FrameError::UnexpectedSequence(frame_type));
     }
     Ok(Some(FrameHeader {
@@ -262,7 +275,8 @@ pub enum Split<'a> {
 }
 
 /// Finds the frame at the start of `buf`. Structural checks only (header
-/// rules, bounds); MAC and sequence are [`Opener::open`]'s job. This is what
+/// rules, bounds); MAC and sequence are [`Opener::open`]'s job, the fibre
+/// tag and counter [`super::fibre::FibreOpener::open`]'s. This is what
 /// a man-in-the-middle tool uses to walk a captured or proxied stream.
 pub fn split_frame<'a>(buf: &'a [u8], limits: &FrameLimits) -> Result<Split<'a>, FrameError> {
     let Some(header) = parse_header(buf, limits)? else {
@@ -284,14 +298,15 @@ pub fn split_frame<'a>(buf: &'a [u8], limits: &FrameLimits) -> Result<Split<'a>,
     }))
 }
 
-/// Encodes a frame that carries no session MAC (handshake, fibre).
+/// Encodes a handshake frame (no session key exists yet).
 ///
 /// # Panics
-/// If `frame_type` is authenticated (use [`Sealer::seal`]) or the payload is
-/// longer than `u32::MAX` (callers bound payloads far below that).
+/// If `frame_type` is not a handshake type (use [`Sealer::seal`] or
+/// [`super::fibre::FibreSealer::seal`]) or the payload is longer than
+/// `u32::MAX` (callers bound payloads far below that).
 pub fn encode_plain(frame_type: FrameType, payload: &[u8]) -> Vec<u8> {
     assert!(
-        !frame_type.is_authenticated(),
+        frame_type.is_handshake(),
         "{frame_type:?} frames must be sealed"
     );
     let header = FrameHeader {
@@ -408,7 +423,8 @@ impl Opener {
     /// Verifies an authenticated frame: MAC first (constant time), then the
     /// sequence number, which must be exactly the one due. TCP delivers in
     /// order, so anything else is a replay, a drop or a reorder by someone
-    /// in the path. Frames without a session MAC pass through unchanged.
+    /// in the path. Frames without a session MAC (handshake; Fibre, which
+    /// the fibre opener checks) pass through unchanged.
     pub fn open(&mut self, frame: &RawFrame<'_>) -> Result<(), FrameError> {
         let Some(tag) = frame.tag else {
             return Ok(());

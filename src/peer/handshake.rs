@@ -24,13 +24,16 @@
 //! Both nonces are fresh 256-bit random values, so every session has new
 //! keys even under an unchanged channel key; the names and the epoch are in
 //! the transcript, so a frame or confirmation of one peer pair, direction or
-//! epoch is worthless in another.
+//! epoch is worthless in another. The session's fibre key comes from the
+//! same channel key and both nonces, through a one-way base key
+//! ([`super::fibre`]).
 
 use hkdf::Hkdf;
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use super::fibre::{FibreBase, FibreKey};
 use super::frame::{FrameError, FrameHeader, FrameType, RawFrame, TAG_LEN, encode_plain};
 use crate::qkd::wire::{WireError, WireReader, WireWriter};
 use crate::secret::{Secret, SecretBytes};
@@ -285,6 +288,27 @@ pub struct Established {
     pub epoch: u64,
     pub context: SessionContext,
     pub keys: FrameKeys,
+    /// The fibre key of the whole session (kept across channel-key
+    /// switches, see [`super::fibre`]).
+    pub fibre: FibreKey,
+}
+
+fn fibre_key(channel_key: &SecretBytes, ctx: &SessionContext) -> FibreKey {
+    FibreBase::from_channel_key(channel_key).session_key(&ctx.dialer_nonce, &ctx.acceptor_nonce)
+}
+
+/// The public fields of a HelloReply frame: the epoch echoed and the
+/// acceptor's nonce. For a lab tool that was handed the fibre base keys and
+/// derives each session's fibre key from the nonces it sees in clear.
+pub fn reply_public_fields(reply: &RawFrame<'_>) -> Result<(u64, [u8; NONCE_LEN]), HandshakeError> {
+    expect_type(reply, FrameType::HelloReply)?;
+    if reply.header.len != REPLY_PAYLOAD_LEN {
+        return Err(WireError::Invalid("HelloReply length").into());
+    }
+    let mut r = WireReader::new(reply.payload);
+    let epoch = r.u64("channel-key epoch")?;
+    let nonce = read_array(&mut r, "acceptor nonce")?;
+    Ok((epoch, nonce))
 }
 
 /// The dialer's side, between sending Hello and receiving HelloReply.
@@ -350,12 +374,14 @@ impl DialerHandshake {
             .into_bytes();
         let finish = encode_plain(FrameType::Finish, &mine);
         let keys = frame_keys(channel_key, epoch, &context);
+        let fibre = fibre_key(channel_key, &context);
         Ok((
             finish,
             Established {
                 epoch,
                 context,
                 keys,
+                fibre,
             },
         ))
     }
@@ -367,6 +393,7 @@ pub struct AcceptorHandshake {
     context: SessionContext,
     dialer_confirm_key: Secret<32>,
     keys: FrameKeys,
+    fibre: FibreKey,
 }
 
 /// The keys show as `<redacted>`, never their bytes.
@@ -377,6 +404,7 @@ impl std::fmt::Debug for AcceptorHandshake {
             .field("context", &self.context)
             .field("dialer_confirm_key", &format_args!("<redacted>"))
             .field("keys", &self.keys)
+            .field("fibre", &self.fibre)
             .finish()
     }
 }
@@ -411,11 +439,13 @@ impl AcceptorHandshake {
                 .into_bytes(),
         );
         let keys = frame_keys(channel_key, hello.epoch, &context);
+        let fibre = fibre_key(channel_key, &context);
         let this = Self {
             epoch: hello.epoch,
             context,
             dialer_confirm_key: kcd,
             keys,
+            fibre,
         };
         (this, reply)
     }
@@ -433,6 +463,7 @@ impl AcceptorHandshake {
             epoch: self.epoch,
             context: self.context,
             keys: self.keys,
+            fibre: self.fibre,
         })
     }
 }

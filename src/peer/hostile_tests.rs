@@ -93,7 +93,13 @@ async fn hostile_clients_are_dropped_counted_and_the_peer_still_connects() {
     .to_bytes();
     closed_by_server(send_raw(addr, &huge).await).await;
     // A data frame instead of a Hello.
-    closed_by_server(send_raw(addr, &encode_plain(FrameType::Fibre, &[])).await).await;
+    let fibre = FrameHeader {
+        frame_type: FrameType::Fibre,
+        len: 0,
+        seq: 1,
+    }
+    .to_bytes();
+    closed_by_server(send_raw(addr, &fibre).await).await;
     // Truncated Hello, then the client closes its side.
     let (_, hello) = DialerHandshake::start(Hello {
         dialer: TX.into(),
@@ -245,17 +251,16 @@ async fn replayed_frame_in_the_path_drops_the_session_and_the_link_recovers() {
 }
 
 #[tokio::test]
-async fn altered_control_frame_fails_its_mac_but_rewritten_fibre_passes() {
+async fn altered_fibre_and_control_frames_fail_their_tags() {
     let g = Gateways::new();
     let tamper: Tamper = Box::new(move |conn, mut frame| {
-        // Eve rewrites every fibre payload byte; on the first connection she
-        // also flips one bit of a control frame's payload.
-        if is_type(&frame, FrameType::Fibre) {
-            for b in &mut frame[HEADER_LEN..] {
-                *b ^= 0xFF;
-            }
+        // Without the fibre key Eve can only flip ciphertext bits: on the
+        // first connection she flips a fibre byte, on the second a control
+        // frame's byte.
+        if conn == 0 && is_type(&frame, FrameType::Fibre) {
+            frame[HEADER_LEN] ^= 0xFF;
         }
-        if conn == 0 && is_type(&frame, FrameType::Control) {
+        if conn == 1 && is_type(&frame, FrameType::Control) {
             frame[HEADER_LEN] ^= 1;
         }
         vec![frame]
@@ -267,24 +272,36 @@ async fn altered_control_frame_fails_its_mac_but_rewritten_fibre_passes() {
         .send(Stream::Fibre, Bytes::from_static(&[0x0F; 8]))
         .await
         .unwrap();
-    let pulses = recv(&mut rx.rx.fibre).await;
-    assert_eq!(pulses.payload, &[0xF0; 8][..], "fibre is Eve's to change");
-    assert_eq!(rx.handle.counters().auth_failures, 0);
+    eventually("GCM failure counted", || {
+        rx.handle.counters().auth_failures == 1
+    })
+    .await;
+    assert!(
+        rx.rx.fibre.try_recv().is_err(),
+        "altered fibre frame not delivered"
+    );
+    eventually("reconnected", || tx.handle.counters().reconnects == 1).await;
+    tx.handle.wait_connected().await.unwrap();
+    rx.handle.wait_connected().await.unwrap();
+    tx.handle
+        .send(Stream::Fibre, Bytes::from_static(&[0x0F; 8]))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx.rx.fibre).await.payload, &[0x0F; 8][..]);
     tx.handle
         .send(Stream::Control, Bytes::from_static(b"install SA"))
         .await
         .unwrap();
     eventually("MAC failure counted", || {
-        rx.handle.counters().auth_failures == 1
+        rx.handle.counters().auth_failures == 2
     })
     .await;
     assert!(
         rx.rx.control.try_recv().is_err(),
         "altered control frame not delivered"
     );
-    eventually("reconnected", || tx.handle.counters().reconnects == 1).await;
-    let s = tx.handle.wait_connected().await.unwrap();
-    assert!(s.session >= 2);
+    eventually("reconnected again", || tx.handle.counters().reconnects == 2).await;
+    tx.handle.wait_connected().await.unwrap();
     rx.handle.wait_connected().await.unwrap();
     tx.handle
         .send(Stream::Control, Bytes::from_static(b"install SA"))

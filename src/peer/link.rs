@@ -21,6 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use super::channel_key::{ChannelKeyPool, ChannelKeyStore};
 use super::config::LinkConfig;
+use super::fibre::FIBRE_TAG_LEN;
+use super::fibre::export::FibreKeyExport;
 use super::frame::{FrameLimits, Split, split_frame};
 use super::handshake::{DialerHandshake, HandshakeError, Hello, fresh_nonce};
 use super::listener::{PeerListener, RouteGuard};
@@ -63,6 +65,8 @@ pub(crate) struct LinkShared {
     pub pool: Arc<dyn ChannelKeyPool>,
     pub state: watch::Sender<LinkState>,
     pub inbound: [mpsc::Sender<Inbound>; 3],
+    /// Lab only: where each epoch's fibre base key is appended.
+    pub fibre_export: Option<FibreKeyExport>,
 }
 
 impl LinkShared {
@@ -76,6 +80,12 @@ impl LinkShared {
     /// key switch or the handshake after one.
     pub fn store_lock(&self) -> MutexGuard<'_, ChannelKeyStore> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `(dialer, acceptor)`: the link's gateway names in handshake order.
+    pub fn dialer_acceptor(&self) -> (&str, &str) {
+        let (l, p) = (self.cfg.local_name.as_str(), self.cfg.peer_name.as_str());
+        if self.is_dialer() { (l, p) } else { (p, l) }
     }
 
     /// A key switch to `epoch` completed.
@@ -133,7 +143,11 @@ impl PeerHandle {
         if stream == Stream::Fibre && self.role != Role::Transmitter {
             return Err(PeerError::FibreDirection);
         }
-        let max = self.limits.max_payload(stream.frame_type());
+        let mut max = self.limits.max_payload(stream.frame_type());
+        if stream == Stream::Fibre {
+            // The frame limit counts the GCM tag the session appends.
+            max = max.saturating_sub(FIBRE_TAG_LEN as u32);
+        }
         if payload.len() > max as usize {
             return Err(PeerError::PayloadTooLarge {
                 stream,
@@ -243,8 +257,15 @@ impl PeerLink {
             pool,
             state: state_tx,
             inbound: <[_; 3]>::try_from(in_tx).expect("three"),
+            fibre_export: None,
             cfg,
         };
+        let (dialer, acceptor) = shared.dialer_acceptor();
+        let export = (shared.cfg.lab_export_fibre_keys.clone())
+            .map(|path| FibreKeyExport::new(path, dialer, acceptor));
+        let mut shared = shared;
+        shared.fibre_export = export;
+        export_known_epochs(&shared)?;
         let handle = PeerHandle {
             outbound: <[_; 3]>::try_from(out_tx).expect("three"),
             requests: req_tx,
@@ -284,6 +305,22 @@ impl PeerLink {
         }
         Ok((handle, receivers))
     }
+}
+
+/// Lab only: exports the current and the pending epoch at start, before
+/// the first handshake; later epochs are exported by the key switch.
+fn export_known_epochs(shared: &LinkShared) -> Result<(), PeerError> {
+    let Some(x) = &shared.fibre_export else {
+        return Ok(());
+    };
+    let store = shared.store_lock();
+    let current = store.current();
+    x.export(current.epoch, &current.key)?;
+    if let Some(next) = store.next_epoch() {
+        let key = store.key_for(next).expect("the pending epoch has a key");
+        x.export(next, key)?;
+    }
+    Ok(())
 }
 
 struct LinkTask {

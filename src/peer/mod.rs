@@ -4,7 +4,8 @@
 //! messages.
 //!
 //! Owns the wire format ([`frame`]), the handshake and key schedule
-//! ([`handshake`]), the channel-key record ([`channel_key`]), and the async
+//! ([`handshake`]), the sealing of the fibre stream and its lab key export
+//! ([`fibre`]), the channel-key record ([`channel_key`]), and the async
 //! tasks that dial, accept, reconnect and move frames ([`link`],
 //! [`listener`], [`session`]). Must not interpret QKD or rekey payloads, hold
 //! pools (it asks the pool for channel keys through [`ChannelKeyPool`]), or
@@ -27,22 +28,23 @@
 //! ```text
 //! offset size field
 //!  0     2    magic "QK" (0x51 0x4b)
-//!  2     1    version, 1
+//!  2     1    version, 2
 //!  3     1    type: 01 Hello, 02 HelloReply, 03 Finish (handshake)
-//!                   10 Fibre (unauthenticated)
-//!                   11 Qkd, 12 Control, 13 Link (authenticated)
+//!                   10 Fibre (AES-256-GCM sealed)
+//!                   11 Qkd, 12 Control, 13 Link (HMAC authenticated)
 //!  4     4    payload length L (u32); bounded per type, checked before the body is read
-//!  8     8    sequence number (u64); 0 for handshake and Fibre frames,
-//!             1, 2, 3, ... per direction and session for authenticated frames
-//! 16     L    payload
+//!  8     8    sequence number (u64); 0 for handshake frames,
+//!             1, 2, 3, ... per direction and session for authenticated frames,
+//!             the fibre frame counter for Fibre frames
+//! 16     L    payload (Fibre: ciphertext ‖ 16-byte GCM tag, see [`fibre`])
 //! 16+L   32   HMAC-SHA256 tag over bytes 0..16+L (authenticated types only)
 //! ```
 //!
 //! Limits (configurable, [`FrameLimits`]): Fibre 16 MiB, Qkd 4 MiB, Control
 //! 64 KiB; fixed: handshake 256 B, Link 8 KiB. A frame over its limit, an
-//! unknown type, a wrong magic or version, a non-zero sequence field on an
-//! unauthenticated type, a bad tag or an unexpected sequence number drops
-//! the connection.
+//! unknown type, a wrong magic or version, a non-zero sequence field on a
+//! handshake frame, a bad tag, an unexpected sequence number or a fibre
+//! counter that does not increase drops the connection.
 //!
 //! Handshake payloads (see [`handshake`] for the key schedule):
 //!
@@ -55,8 +57,9 @@
 //!
 //! Link payloads are in [`link_message`]. Qkd and Control payloads are the
 //! upper layers' encodings ([`crate::qkd::wire`]); Fibre payloads are the
-//! optics' pulse-record batches. A capture therefore reads frame by frame
-//! with nothing but this table; nothing is encrypted.
+//! optics' pulse-record batches, encrypted. A capture therefore splits into
+//! frames with nothing but this table ([`split_frame`]) and shows the
+//! classical messages, but not one pulse record.
 //!
 //! # Security argument
 //!
@@ -71,27 +74,44 @@
 //!   also sound against quantum adversaries (Grover leaves 128 bits).
 //!   This is computational security; the QKD transcript additionally carries
 //!   information-theoretic Wegman–Carter tags from [`crate::qkd`], so the
-//!   keys the pool receives do not depend on HMAC's strength.
-//! * **No confidentiality, on purpose.** Everything on the classical channel
-//!   is public in QKD's security analysis: sifting bases, Cascade parities
-//!   (counted as leaked), privacy-amplification seeds, pool positions
-//!   ([`crate::keys::KeyRef`]). Wrapped SA keys are already encrypted under
-//!   pool keys by the rekey engine. Leaving frames readable lets operators
-//!   debug from a capture and lets the lab eavesdropper parse the stream.
-//!   AES-GCM would add nothing that the design relies on.
-//! * **The fibre stream is not authenticated.** A real quantum channel is
-//!   under the adversary's full control; authenticating the simulated one
-//!   would model a weaker attacker than QKD is proven against, and would
-//!   force the `eve` tool to hold the channel key. Fibre frames are instead
-//!   bounded, validated by type and length, accepted only from the
-//!   transmitter (dialer) to the receiver, only after a handshake, and take
-//!   no sequence numbers — so `qkd-ipsec eve`, a TCP proxy in the middle,
-//!   can walk the stream with [`split_frame`], pass every authenticated
-//!   frame through byte for byte, and rewrite, drop or insert Fibre frames
-//!   without breaking any tag. What it does to pulses shows up as QBER,
-//!   exactly as on a fibre. Consequence for the QKD layer: fibre payloads are
-//!   hostile input, and rounds must name the pulse batches they sift in the
-//!   authenticated transcript, not rely on fibre/classical ordering.
+//!   *authenticity* of the keys the pool receives does not depend on HMAC's
+//!   strength (their *secrecy*, on a simulated link, rests on the channel
+//!   key: see the fibre stream below).
+//! * **Classical frames are readable, on purpose.** Everything on the
+//!   classical channel is public in QKD's security analysis: sifting bases,
+//!   Cascade parities (counted as leaked), privacy-amplification seeds,
+//!   pool positions ([`crate::keys::KeyRef`]). Wrapped SA keys are already
+//!   encrypted under pool keys by the rekey engine. Qkd, Control and Link
+//!   frames therefore carry MACs but no encryption, and an operator can
+//!   debug from a capture.
+//! * **The fibre stream is sealed.** A simulated fibre frame is no photon:
+//!   its records state each pulse's bit and basis, so a passive recorder of
+//!   a clear stream would rebuild the sifted key and, from it, every pool
+//!   and SA key. Fibre frames are AES-256-GCM sealed (NIST SP 800-38D) under
+//!   a per-session key derived, one-way, from the channel key of the
+//!   handshake's epoch and both nonces (key schedule, nonce and counter
+//!   rules in [`fibre`]); the 16-byte header is the AAD. The receiver
+//!   accepts them only from the transmitter (dialer), only after a
+//!   handshake, and only with a valid tag and a counter above the last one;
+//!   an altered, forged, replayed or reordered fibre frame fails the
+//!   session and is counted like a bad MAC or a replay. A dropped frame is
+//!   allowed (light may be lost). The session keeps its fibre key across
+//!   channel-key switches; the next session uses the new epoch's.
+//!   Consequence: **a simulated link's keys are only as secret as the
+//!   channel key** (the bootstrap secret, then pool keys that themselves
+//!   came through the sealed stream) — computational, never quantum-secure.
+//!   Information-theoretic keys need a real QKD device. The QKD layer still
+//!   treats fibre payloads as hostile input, and rounds name the pulse
+//!   batches they sift in the authenticated transcript.
+//! * **The lab eavesdropper needs exported keys.** `qkd-ipsec eve` can only
+//!   measure pulses it can open. An agent exports its per-epoch fibre base
+//!   keys to a 0600 file only when configured to (`[peer.link]
+//!   lab_export_fibre_keys`, refused for real QKD devices; see
+//!   [`fibre::export`]); Eve then derives each session's fibre key from the
+//!   nonces she sees in the handshake, opens, attacks and re-seals. The base
+//!   is a one-way function of the channel key, so the export lets her read
+//!   and rewrite pulses (which shows up as QBER) but never forge an
+//!   authenticated frame. Without it she passes fibre frames through.
 //! * **Channel key lifecycle.** Epoch 0 is the pre-shared bootstrap secret
 //!   (≥ 32 random bytes, 0600 file). Once the pool has key, the dialer may
 //!   switch to a 32-byte pool key ([`KeyUse::Channel`]: `take` on the dialer,
@@ -127,6 +147,7 @@
 
 pub mod channel_key;
 pub mod config;
+pub mod fibre;
 pub mod frame;
 pub mod handshake;
 pub mod link;
@@ -161,7 +182,7 @@ use crate::secret::SecretFileError;
 /// The three logical streams an upper layer sends and receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stream {
-    /// Simulated fibre: transmitter → receiver only, unauthenticated.
+    /// Simulated fibre: transmitter → receiver only, AES-GCM sealed.
     Fibre,
     /// QKD post-processing messages.
     Qkd,

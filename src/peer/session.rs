@@ -5,7 +5,9 @@
 //! replaced or is cancelled. Two concurrent halves run in the link's task:
 //! the *reader* (verifies and delivers frames, runs the key-switch protocol,
 //! answers switch requests) and the *writer* (seals and sends queued frames
-//! and keepalives, control before QKD before fibre). They are separate
+//! and keepalives, control before QKD before fibre). The fibre stream is
+//! sealed with the session's fibre key from the handshake, which a key
+//! switch does not change ([`super::fibre`]). They are separate
 //! futures so that a large write never stops reading (two peers writing
 //! large frames at each other would otherwise deadlock on full TCP
 //! buffers); the reader hands the writer link messages and key changes over
@@ -35,9 +37,9 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::PeerError;
-use super::frame::{
-    FrameError, FrameType, HEADER_LEN, Opener, Sealer, Split, encode_plain, split_frame,
-};
+use super::fibre::export::FibreKeyExport;
+use super::fibre::{FibreError, FibreOpener, FibreSealer};
+use super::frame::{FrameError, FrameType, HEADER_LEN, Opener, Sealer, Split, split_frame};
 use super::handshake::{CHANNEL_KEY_LEN, Established, FrameKeys, SessionContext, frame_keys};
 use super::link::{LinkRequest, LinkShared, Outbound, OutboundQueues};
 use super::link_message::LinkMessage;
@@ -75,6 +77,10 @@ pub(crate) enum SessionError {
     Write(std::io::Error),
     #[error("cannot seal a frame: {0}")]
     Seal(FrameError),
+    #[error("fibre frame refused: {0}")]
+    Fibre(FibreError),
+    #[error("cannot seal a fibre frame: {0}")]
+    FibreSeal(FibreError),
     #[error("the channel-key record could not be written: {0}")]
     Store(String),
 }
@@ -112,8 +118,19 @@ pub(crate) async fn run(
         established,
         ..
     } = conn;
-    let Established { context, keys, .. } = established;
+    let Established {
+        context,
+        keys,
+        fibre,
+        ..
+    } = established;
     let (send_key, recv_key) = keys.for_side(dialer);
+    // The transmitter (dialer) only seals fibre, the receiver only opens it.
+    let (fibre_sealer, fibre_opener) = if dialer {
+        (Some(FibreSealer::new(fibre)), None)
+    } else {
+        (None, Some(FibreOpener::new(fibre)))
+    };
     let (reader, writer) = stream.into_split();
     let params = SessionParams {
         shared,
@@ -127,12 +144,19 @@ pub(crate) async fn run(
         &params,
         reader,
         buffered,
-        Opener::new(recv_key),
+        Openers {
+            frames: Opener::new(recv_key),
+            fibre: fibre_opener,
+        },
         cmd_tx,
         requests,
         incoming,
     );
-    let writing = write_half(&params, writer, Sealer::new(send_key), cmd_rx, queues);
+    let sealers = Sealers {
+        frames: Sealer::new(send_key),
+        fibre: fibre_sealer,
+    };
+    let writing = write_half(&params, writer, sealers, cmd_rx, queues);
     tokio::select! {
         end = reading => end,
         r = writing => match r {
@@ -140,6 +164,19 @@ pub(crate) async fn run(
             Err(e) => SessionEnd::Failed(e),
         },
     }
+}
+
+/// The reader's keys: frame MAC (changes at key switches) and, on the
+/// receiver, the fibre key (fixed for the session).
+struct Openers {
+    frames: Opener,
+    fibre: Option<FibreOpener>,
+}
+
+/// The writer's keys, as [`Openers`]; the transmitter holds the fibre one.
+struct Sealers {
+    frames: Sealer,
+    fibre: Option<FibreSealer>,
 }
 
 /// State of an in-band key switch, on either side.
@@ -162,7 +199,7 @@ async fn read_half(
     p: &SessionParams<'_>,
     mut reader: OwnedReadHalf,
     mut buf: BytesMut,
-    mut opener: Opener,
+    mut openers: Openers,
     cmds: mpsc::Sender<WriterCmd>,
     requests: &mut mpsc::Receiver<LinkRequest>,
     mut incoming: Option<&mut mpsc::Receiver<Box<AuthenticatedConn>>>,
@@ -189,7 +226,7 @@ async fn read_half(
             },
         };
         deadline = Instant::now() + idle;
-        if let Err(e) = on_frame(p, frame, &mut opener, &mut switch, &cmds).await {
+        if let Err(e) = on_frame(p, frame, &mut openers, &mut switch, &cmds).await {
             return e;
         }
     }
@@ -206,7 +243,7 @@ async fn recv_opt<T>(rx: &mut Option<&mut mpsc::Receiver<T>>) -> Option<T> {
 async fn on_frame(
     p: &SessionParams<'_>,
     frame: Bytes,
-    opener: &mut Opener,
+    openers: &mut Openers,
     switch: &mut Switch,
     cmds: &mpsc::Sender<WriterCmd>,
 ) -> Result<(), SessionEnd> {
@@ -216,7 +253,7 @@ async fn on_frame(
         return Err(violation(p, "frame changed between reads".into()));
     };
     let header = raw.header;
-    if let Err(e) = opener.open(&raw) {
+    if let Err(e) = openers.frames.open(&raw) {
         match e {
             FrameError::BadMac(_) => counters.auth_failures.fetch_add(1, Ordering::Relaxed),
             FrameError::Replay { .. } => counters.replays.fetch_add(1, Ordering::Relaxed),
@@ -224,15 +261,33 @@ async fn on_frame(
         };
         return Err(SessionEnd::Failed(SessionError::Read(e.into())));
     }
-    let payload = frame.slice(HEADER_LEN..HEADER_LEN + header.len as usize);
+    let mut payload = frame.slice(HEADER_LEN..HEADER_LEN + header.len as usize);
     let stream = match header.frame_type {
         FrameType::Qkd => Stream::Qkd,
         FrameType::Control => Stream::Control,
-        // The fibre runs from the transmitter (dialer) to the receiver only.
-        FrameType::Fibre if !p.dialer => Stream::Fibre,
+        // The fibre runs from the transmitter (dialer) to the receiver only,
+        // so only the receiver holds a fibre opener.
+        FrameType::Fibre if !p.dialer => {
+            let Some(fibre) = openers.fibre.as_mut() else {
+                return Err(violation(p, "fibre frame without a fibre key".into()));
+            };
+            payload = match fibre.open(&raw) {
+                Ok(plain) => Bytes::from(plain),
+                Err(e) => {
+                    let c = match e {
+                        FibreError::BadTag => &counters.auth_failures,
+                        FibreError::Replay { .. } => &counters.replays,
+                        _ => &counters.protocol_errors,
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    return Err(SessionEnd::Failed(SessionError::Fibre(e)));
+                }
+            };
+            Stream::Fibre
+        }
         FrameType::Link => {
             let msg = LinkMessage::decode(&payload).map_err(|e| violation(p, e.to_string()))?;
-            return on_link_message(p, msg, opener, switch, cmds).await;
+            return on_link_message(p, msg, &mut openers.frames, switch, cmds).await;
         }
         other => return Err(violation(p, format!("{other:?} frame inside a session"))),
     };
@@ -261,6 +316,16 @@ fn violation(p: &SessionParams<'_>, what: String) -> SessionEnd {
         .protocol_errors
         .fetch_add(1, Ordering::Relaxed);
     SessionEnd::Failed(SessionError::Protocol(what))
+}
+
+/// Lab only: exports a new epoch's fibre base. A failure costs the lab
+/// eavesdropper that epoch, not the link, so it is logged, not fatal.
+fn lab_export(export: &Option<FibreKeyExport>, epoch: u64, key: &SecretBytes) {
+    if let Some(x) = export
+        && let Err(e) = x.export(epoch, key)
+    {
+        tracing::warn!(epoch, error = %e, "could not export the fibre base key (lab_export_fibre_keys)");
+    }
 }
 
 /// Runs blocking pool and record work off the runtime threads.
@@ -342,10 +407,11 @@ async fn on_link_message(
                     format!("key offer for epoch {epoch} at epoch {current}"),
                 ));
             }
-            let (pool, store, ctx) = (
+            let (pool, store, ctx, shared) = (
                 Arc::clone(&p.shared.pool),
                 Arc::clone(&p.shared.store),
                 p.context.clone(),
+                p.shared.fibre_export.clone(),
             );
             // Take the referenced bytes and record them before answering.
             let accepted = blocking(move || {
@@ -353,6 +419,7 @@ async fn on_link_message(
                     .accept_channel_key(&key_ref)
                     .map_err(|e| e.to_string())?;
                 let keys = frame_keys(&key, epoch, &ctx);
+                lab_export(&shared, epoch, &key);
                 let mut store = store.lock().map_err(|_| "channel-key lock poisoned")?;
                 store.set_next(key).map_err(|e| e.to_string())?;
                 Ok(keys)
@@ -423,8 +490,10 @@ async fn on_link_message(
                 unreachable!()
             };
             let keys: FrameKeys = frame_keys(&key, epoch, &p.context);
-            let store = Arc::clone(&p.shared.store);
+            let (store, shared) = (Arc::clone(&p.shared.store), p.shared.fibre_export.clone());
             let committed = blocking(move || {
+                // Before the commit: the next handshake may use the epoch.
+                lab_export(&shared, epoch, &key);
                 let mut s = store.lock().map_err(|_| "channel-key lock poisoned")?;
                 s.commit(key).map_err(|e| e.to_string())
             })
@@ -473,7 +542,7 @@ async fn on_link_message(
 async fn write_half(
     p: &SessionParams<'_>,
     mut writer: OwnedWriteHalf,
-    mut sealer: Sealer,
+    mut sealers: Sealers,
     mut cmds: mpsc::Receiver<WriterCmd>,
     queues: &mut OutboundQueues,
 ) -> Result<(), SessionError> {
@@ -484,26 +553,26 @@ async fn write_half(
             biased;
             cmd = cmds.recv() => match cmd {
                 Some(WriterCmd { message, then_rekey }) => {
-                    let f = sealer.seal(FrameType::Link, &message.encode()).map_err(SessionError::Seal)?;
+                    let f = sealers.frames.seal(FrameType::Link, &message.encode()).map_err(SessionError::Seal)?;
                     (f, None, then_rekey)
                 }
                 // The reader ended; the session result comes from it.
                 None => return Ok(()),
             },
-            Some(o) = queues.control.recv() => match sealed(p, &mut sealer, Stream::Control, o)? {
+            Some(o) = queues.control.recv() => match sealed(p, &mut sealers, Stream::Control, o)? {
                 Some(f) => (f, Some(Stream::Control), None),
                 None => continue,
             },
-            Some(o) = queues.qkd.recv() => match sealed(p, &mut sealer, Stream::Qkd, o)? {
+            Some(o) = queues.qkd.recv() => match sealed(p, &mut sealers, Stream::Qkd, o)? {
                 Some(f) => (f, Some(Stream::Qkd), None),
                 None => continue,
             },
-            Some(o) = queues.fibre.recv() => match sealed(p, &mut sealer, Stream::Fibre, o)? {
+            Some(o) = queues.fibre.recv() => match sealed(p, &mut sealers, Stream::Fibre, o)? {
                 Some(f) => (f, Some(Stream::Fibre), None),
                 None => continue,
             },
             () = sleep_until(last_write + keepalive) => {
-                let f = sealer.seal(FrameType::Link, &LinkMessage::Ping.encode()).map_err(SessionError::Seal)?;
+                let f = sealers.frames.seal(FrameType::Link, &LinkMessage::Ping.encode()).map_err(SessionError::Seal)?;
                 (f, None, None)
             }
         };
@@ -513,7 +582,7 @@ async fn write_half(
             .map_err(SessionError::Write)?;
         last_write = Instant::now();
         if let Some(k) = rekey {
-            sealer.rekey(k);
+            sealers.frames.rekey(k);
         }
         let c = &p.shared.counters;
         c.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
@@ -527,7 +596,7 @@ async fn write_half(
 /// session (discarded and counted).
 fn sealed(
     p: &SessionParams<'_>,
-    sealer: &mut Sealer,
+    sealers: &mut Sealers,
     stream: Stream,
     o: Outbound,
 ) -> Result<Option<Vec<u8>>, SessionError> {
@@ -539,8 +608,14 @@ fn sealed(
         return Ok(None);
     }
     Ok(Some(match stream {
-        Stream::Fibre => encode_plain(FrameType::Fibre, &o.payload),
-        s => sealer
+        Stream::Fibre => sealers
+            .fibre
+            .as_mut()
+            .ok_or_else(|| SessionError::Protocol("only the transmitter sends fibre".into()))?
+            .seal(&o.payload)
+            .map_err(SessionError::FibreSeal)?,
+        s => sealers
+            .frames
             .seal(s.frame_type(), &o.payload)
             .map_err(SessionError::Seal)?,
     }))

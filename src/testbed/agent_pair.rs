@@ -430,7 +430,10 @@ impl AgentPair {
             .arg("--fraction-file")
             .arg(&fraction_file)
             .arg("--report-interval")
-            .arg("5");
+            .arg("5")
+            // The fibre is sealed: Eve attacks with gw-a's lab export.
+            .arg("--fibre-keys")
+            .arg(&self.files(Side::A).fibre_keys);
         if eve.record {
             cmd.arg("--record").arg(self.eve_recording());
         }

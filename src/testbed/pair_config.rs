@@ -73,7 +73,9 @@ pub struct LifetimeOptions {
 }
 
 /// An intercept–resend eavesdropper between the gateways: gw-a dials Eve,
-/// Eve forwards to gw-b.
+/// Eve forwards to gw-b. The fibre stream is sealed, so gw-a exports its
+/// fibre keys (`lab_export_fibre_keys`) and Eve is handed them
+/// (`--fibre-keys`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EveOptions {
     /// Whose namespace Eve runs in (she listens on that gateway's WAN
@@ -160,6 +162,8 @@ pub struct GatewayFiles {
     pub status_socket: PathBuf,
     /// stdout + stderr of every run of this agent, appended.
     pub log: PathBuf,
+    /// The transmitter's lab export of fibre keys, when Eve is configured.
+    pub fibre_keys: PathBuf,
 }
 
 impl GatewayFiles {
@@ -172,6 +176,7 @@ impl GatewayFiles {
             state_dir: dir.join("state"),
             status_socket: dir.join("status.sock"),
             log: dir.join("agent.log"),
+            fibre_keys: dir.join("fibre.keys"),
             dir,
         }
     }
@@ -254,6 +259,14 @@ pub(crate) fn render_config(
     // The link settings of deploy/gateway-a.toml: decoy-state BB84 with
     // the GYS parameters (Ma et al., PRA 72, 012326 (2005)).
     line("[peer.link]".into());
+    // Simulated optics: keys only as secret as the peer channel's keys.
+    line("kind = \"simulated\"".into());
+    if side == Side::A && opts.eve.is_some() {
+        line(format!(
+            "lab_export_fibre_keys = {}",
+            path_str(&files.fibre_keys)
+        ));
+    }
     line(format!("length_km = {:?}", opts.length_km));
     line("intensities = [0.6, 0.2, 0.0]".into());
     line("probabilities = [0.4, 0.4, 0.2]".into());
@@ -392,8 +405,15 @@ mod tests {
             fraction: 1.0,
             record: false,
         });
-        let (a, _) = both(&opts);
+        let (a, b) = both(&opts);
         let dial = a.peers[0].address.as_ref().expect("address").to_string();
         assert_eq!(dial, format!("192.0.2.2:{EVE_PORT}"));
+        // Only the transmitter exports the fibre keys Eve needs.
+        let root = Path::new("/nonexistent/qkd-pair");
+        assert_eq!(
+            a.peers[0].lab_export_fibre_keys.as_deref(),
+            Some(GatewayFiles::under(root, Side::A).fibre_keys.as_path())
+        );
+        assert_eq!(b.peers[0].lab_export_fibre_keys, None);
     }
 }

@@ -103,8 +103,9 @@ pub fn render(f: &Frame) -> String {
         }
     );
     out.push_str(
-        "  host-a 10.1.0.2 ── gw-a 192.0.2.1 ══ ESP ══ 192.0.2.2 gw-b ── host-b 10.2.0.2\n\n",
+        "  host-a 10.1.0.2 ── gw-a 192.0.2.1 ══ ESP ══ 192.0.2.2 gw-b ── host-b 10.2.0.2\n",
     );
+    let _ = writeln!(out, "  {}\n", crate::ops::SIMULATED_LINK_CAVEAT);
     render_link(&mut out, f);
     out.push('\n');
     render_tunnel(&mut out, f);
@@ -304,6 +305,7 @@ mod tests {
         };
         let text = render(&f);
         assert!(text.contains("inside a VM"));
+        assert!(text.contains("SIMULATED link") && text.contains("not quantum-secure"));
         assert!(text.contains("gw-a: no status"));
         assert!(text.contains("clear-text packets between the sites on the WAN: 0"));
     }
