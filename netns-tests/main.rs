@@ -13,7 +13,10 @@
 //! ([`qkd_ipsec::testbed::AgentPair`]): end to end, rekey soak,
 //! eavesdropper, crash, hostile peer input, config errors and the demo;
 //! `simulated_link_sealed` records the WAN and reads the capture with
-//! [`pcap`].
+//! [`pcap`]. The ETSI GS QKD 014 modules run agents as KMEs
+//! (`etsi014_kme`, `tls_psk`, with the example SAE programs in the hosts'
+//! namespaces; see `kme_support`) and a second pair keyed from them
+//! (`etsi014_source`).
 
 mod agent_config;
 mod agent_crash;
@@ -23,6 +26,9 @@ mod agent_eve;
 mod agent_hostile;
 mod agent_soak;
 mod agent_support;
+mod etsi014_kme;
+mod etsi014_source;
+mod kme_support;
 mod lifetime;
 mod no_esp;
 mod ownership;
@@ -30,4 +36,5 @@ mod pcap;
 mod rekey;
 mod simulated_link_sealed;
 mod support;
+mod tls_psk;
 mod tunnel;

@@ -27,11 +27,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::pair_config::{self, AgentPairOptions, GatewayFiles, Side};
+use super::pair_config::{self, AgentPairOptions, GatewayFiles, KME_PORT, Side};
 use super::{TeardownError, Testbed, TestbedError};
 use crate::config::{Config, MIN_BOOTSTRAP_SECRET_BYTES};
 use crate::ops::{BoardSnapshot, StatusFormat, StatusQueryError, query_status};
 use crate::secret::{SecretBytes, SecretFileError, write_secret_file};
+use crate::tls::TlsFiles;
+use crate::tls::lab_pki::{LabCa, LabPkiError};
 
 /// How long a stopped agent may take to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -89,6 +91,8 @@ pub enum AgentPairError {
     },
     #[error("this pair has no Eve")]
     NoEve,
+    #[error("lab PKI: {0}")]
+    Pki(#[from] LabPkiError),
 }
 
 impl From<TestbedError> for AgentPairError {
@@ -261,6 +265,7 @@ impl AgentPair {
                 })
         };
         mkdir(&self.root)?;
+        self.write_pki()?;
         let random =
             |len| SecretBytes::random(len).map_err(|e| AgentPairError::Random(e.to_string()));
         let bootstrap = random(self.opts.bootstrap_bytes)?;
@@ -273,6 +278,61 @@ impl AgentPair {
             self.write_config(side)?;
         }
         Ok(())
+    }
+
+    /// The lab CA, each KME's server certificate (its LAN address and any
+    /// extra hosts) and every SAE's client certificate.
+    fn write_pki(&self) -> Result<(), AgentPairError> {
+        let Some(kme) = &self.opts.kme else {
+            return Ok(());
+        };
+        let dir = pair_config::pki_dir(&self.root);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| AgentPairError::Io {
+                what: "create directory",
+                path: dir.clone(),
+                source,
+            })?;
+        let ca = LabCa::create(&dir, pair_config::LAB_CA_NAME)?;
+        for side in Side::BOTH {
+            let gw = match side {
+                Side::A => &self.bed.gw_a,
+                Side::B => &self.bed.gw_b,
+            };
+            let hosts: Vec<String> = std::iter::once(gw.lan)
+                .chain(kme.extra_hosts[side.index()].iter().copied())
+                .map(|ip| ip.to_string())
+                .collect();
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            let written = ca.server(&format!("kme-{}", side.gateway_name()), &hosts)?;
+            debug_assert_eq!(written, self.files(side).kme);
+            for id in pair_config::saes_of(side, kme) {
+                ca.client(&id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The client identity (certificate with CN `sae_id`, key, lab CA) of an
+    /// SAE of this pair's lab PKI (see [`super::KmeOptions`]).
+    pub fn sae_tls(&self, sae_id: &str) -> TlsFiles {
+        let dir = pair_config::pki_dir(&self.root);
+        TlsFiles {
+            ca: pair_config::lab_ca_file(&self.root),
+            cert: dir.join(format!("{sae_id}.pem")),
+            key: dir.join(format!("{sae_id}.key")),
+        }
+    }
+
+    /// `side`'s KME as its host reaches it: `https://<LAN address>:KME_PORT`.
+    pub fn kme_url(&self, side: Side) -> String {
+        let gw = match side {
+            Side::A => &self.bed.gw_a,
+            Side::B => &self.bed.gw_b,
+        };
+        format!("https://{}:{KME_PORT}", gw.lan)
     }
 
     /// Changes the options and rewrites both configs (secrets stay); the

@@ -27,8 +27,8 @@ mod pair_config;
 pub use agent_pair::{AgentPair, AgentPairError};
 pub use bulk_tunnels::{MAX_BULK_TUNNELS, bulk_tunnel_subnets};
 pub use pair_config::{
-    AgentPairOptions, EVE_PORT, EveOptions, GatewayFiles, LifetimeOptions, PEER_PORT, Side,
-    TUNNEL_NAME,
+    AgentPairOptions, EVE_PORT, Etsi014Options, EveOptions, GatewayFiles, KME_PORT, KmeOptions,
+    LifetimeOptions, PEER_PORT, Side, TUNNEL_NAME,
 };
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -247,6 +247,28 @@ impl Testbed {
                 errors,
             })
         }
+    }
+
+    /// A point-to-point link between a namespace of this testbed and one of
+    /// another (`if_name` on both ends, `/30`-style addressing given by the
+    /// caller). It goes when either namespace is deleted. Used to let a
+    /// second pair of gateways reach the first pair's KMEs.
+    pub async fn join(
+        &self,
+        mine: &Netns,
+        theirs: &Netns,
+        if_name: &str,
+        my_addr: IpAddr,
+        their_addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), TestbedError> {
+        let here = Rtnl::open(&self.prefix, mine).await?;
+        let there = Rtnl::open(&self.prefix, theirs).await?;
+        here.veth(if_name, if_name, theirs).await?;
+        here.up(if_name).await?;
+        there.up(if_name).await?;
+        here.address(if_name, my_addr, prefix_len).await?;
+        there.address(if_name, their_addr, prefix_len).await
     }
 
     /// The namespace names, in creation order (for `ip netns exec`).

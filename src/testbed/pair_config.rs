@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::OnStop;
+use crate::tls::TlsFiles;
 
 use super::Testbed;
 
@@ -21,6 +22,8 @@ pub const PEER_PORT: u16 = 9813;
 pub const EVE_PORT: u16 = 9815;
 /// The tunnel's name in both configs.
 pub const TUNNEL_NAME: &str = "site-a-site-b";
+/// Each gateway's KME port (the agent's ETSI GS QKD 014 server).
+pub const KME_PORT: u16 = 8443;
 
 /// One of the two gateways. A is the QKD transmitter (and, by default,
 /// the tunnel's rekey initiator); B is the receiver and listens.
@@ -38,6 +41,15 @@ impl Side {
         match self {
             Side::A => "gw-a",
             Side::B => "gw-b",
+        }
+    }
+
+    /// The SAE ID of the host behind this gateway (its client certificate's
+    /// CN) when the agents serve keys to applications.
+    pub fn sae_id(self) -> &'static str {
+        match self {
+            Side::A => "sae-a",
+            Side::B => "sae-b",
         }
     }
 
@@ -90,6 +102,36 @@ pub struct EveOptions {
     pub record: bool,
 }
 
+/// The agents also serve keys to local applications over ETSI GS QKD 014
+/// (`kme_listen` on every address, port [`KME_PORT`]): the fixture makes a
+/// lab CA, a KME certificate per gateway and client certificates for the
+/// hosts' SAEs ([`Side::sae_id`]) and for `extra_saes`, under the pair's
+/// `pki` directory (see [`super::AgentPair::sae_tls`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KmeOptions {
+    /// Further SAEs: the gateway whose KME serves each, and its SAE ID.
+    /// Every SAE may get keys shared with the other gateway, whose KME
+    /// serves its partner.
+    pub extra_saes: Vec<(Side, String)>,
+    /// Addresses besides its LAN address that each KME's certificate names
+    /// (index 0: gw-a, 1: gw-b).
+    pub extra_hosts: [Vec<IpAddr>; 2],
+}
+
+/// The link takes its keys from two KMEs over ETSI GS QKD 014
+/// (`kind = "etsi014"`) instead of simulated optics. Index 0 is gw-a (the
+/// master, calling `enc_keys`), 1 is gw-b.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Etsi014Options {
+    pub kme_url: [String; 2],
+    pub tls: [TlsFiles; 2],
+    pub sae_id: [String; 2],
+    pub key_size: u32,
+    pub batch: u32,
+    pub pool_target_bytes: u64,
+    pub retry_max: Duration,
+}
+
 /// What an [`super::AgentPair`] sets up.
 #[derive(Debug, Clone)]
 pub struct AgentPairOptions {
@@ -124,6 +166,10 @@ pub struct AgentPairOptions {
     /// benches that pre-fill the pool with a long bootstrap secret and
     /// want the tunnels' own cost.
     pub pulse_rate_hz: f64,
+    /// Serve keys to applications (see [`KmeOptions`]).
+    pub kme: Option<KmeOptions>,
+    /// Keys from KMEs instead of the simulated link.
+    pub etsi014: Option<Etsi014Options>,
 }
 
 impl AgentPairOptions {
@@ -147,6 +193,8 @@ impl AgentPairOptions {
             backoff_max: Duration::from_secs(2),
             bulk_tunnels: 0,
             pulse_rate_hz: 1e9,
+            kme: None,
+            etsi014: None,
         }
     }
 }
@@ -164,6 +212,8 @@ pub struct GatewayFiles {
     pub log: PathBuf,
     /// The transmitter's lab export of fibre keys, when Eve is configured.
     pub fibre_keys: PathBuf,
+    /// The KME's server identity, when the agents serve keys.
+    pub kme: TlsFiles,
 }
 
 impl GatewayFiles {
@@ -177,9 +227,43 @@ impl GatewayFiles {
             status_socket: dir.join("status.sock"),
             log: dir.join("agent.log"),
             fibre_keys: dir.join("fibre.keys"),
+            kme: TlsFiles {
+                ca: lab_ca_file(root),
+                cert: pki_dir(root).join(format!("kme-{}.pem", side.gateway_name())),
+                key: pki_dir(root).join(format!("kme-{}.key", side.gateway_name())),
+            },
             dir,
         }
     }
+}
+
+/// The pair's lab PKI (CA, KME and SAE certificates).
+pub(crate) fn pki_dir(root: &Path) -> PathBuf {
+    root.join("pki")
+}
+
+/// The lab CA's name; `LabCa` writes `<name>-ca.pem`.
+pub(crate) const LAB_CA_NAME: &str = "lab";
+
+pub(crate) fn lab_ca_file(root: &Path) -> PathBuf {
+    pki_dir(root).join(format!("{LAB_CA_NAME}-ca.pem"))
+}
+
+/// Every SAE served by `side`'s KME.
+pub(crate) fn saes_of(side: Side, kme: &KmeOptions) -> Vec<String> {
+    std::iter::once(side.sae_id().to_string())
+        .chain(
+            kme.extra_saes
+                .iter()
+                .filter(|(s, _)| *s == side)
+                .map(|(_, id)| id.clone()),
+        )
+        .collect()
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quoted(i)).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// The receiver's peer-channel address.
@@ -240,6 +324,9 @@ pub(crate) fn render_config(
     ));
     line(format!("pool_key = {}", path_str(&files.pool_key)));
     line(format!("on_stop = {}", quoted(opts.on_stop.name())));
+    if opts.kme.is_some() {
+        line(format!("kme_listen = \"0.0.0.0:{KME_PORT}\""));
+    }
     line(String::new());
     line("[[peer]]".into());
     line(format!("name = {}", quoted(side.other().gateway_name())));
@@ -255,7 +342,33 @@ pub(crate) fn render_config(
         Side::B => line("role = \"receiver\"".into()),
     }
     line(format!("bootstrap_secret = {}", path_str(&files.bootstrap)));
+    if let Some(kme) = &opts.kme {
+        line(format!("saes = {}", toml_list(&saes_of(side.other(), kme))));
+    }
     line(String::new());
+    if let Some(e) = &opts.etsi014 {
+        render_etsi014(side, e, &mut line);
+    } else {
+        render_simulated(side, opts, files, &mut line);
+    }
+    line("[peer.channel]".into());
+    line("backoff_min = \"100ms\"".into());
+    line(format!("backoff_max = {}", duration_str(opts.backoff_max)));
+    line(String::new());
+    render_tunnel(side, opts, me, peer, &mut line);
+    t.push_str(&super::bulk_tunnels::render(side, opts, bed));
+    if let Some(kme) = &opts.kme {
+        t.push_str(&render_kme(side, kme, files));
+    }
+    t
+}
+
+fn render_simulated(
+    side: Side,
+    opts: &AgentPairOptions,
+    files: &GatewayFiles,
+    line: &mut impl FnMut(String),
+) {
     // The link settings of deploy/gateway-a.toml: decoy-state BB84 with
     // the GYS parameters (Ma et al., PRA 72, 012326 (2005)).
     line("[peer.link]".into());
@@ -276,10 +389,54 @@ pub(crate) fn render_config(
     line("[peer.postprocessing]".into());
     line(format!("block_sifted_bits = {}", opts.block_sifted_bits));
     line(String::new());
-    line("[peer.channel]".into());
-    line("backoff_min = \"100ms\"".into());
-    line(format!("backoff_max = {}", duration_str(opts.backoff_max)));
+}
+
+fn render_etsi014(side: Side, e: &Etsi014Options, line: &mut impl FnMut(String)) {
+    let i = side.index();
+    line("[peer.link]".into());
+    // Keys from a QKD device's KME: no optics, no post-processing here.
+    line("kind = \"etsi014\"".into());
     line(String::new());
+    line("[peer.etsi014]".into());
+    line(format!("kme_url = {}", quoted(&e.kme_url[i])));
+    line(format!("ca = {}", path_str(&e.tls[i].ca)));
+    line(format!("client_cert = {}", path_str(&e.tls[i].cert)));
+    line(format!("client_key = {}", path_str(&e.tls[i].key)));
+    line(format!("sae_id = {}", quoted(&e.sae_id[i])));
+    line(format!("peer_sae_id = {}", quoted(&e.sae_id[1 - i])));
+    line(format!("key_size = {}", e.key_size));
+    line(format!("batch = {}", e.batch));
+    line(format!("pool_target_bytes = {}", e.pool_target_bytes));
+    line(format!("retry_max = {}", duration_str(e.retry_max)));
+    line(String::new());
+}
+
+/// `[kme]`: this gateway's KME identity and the SAEs it serves, each
+/// allowed the keys it shares with the other gateway.
+fn render_kme(side: Side, kme: &KmeOptions, files: &GatewayFiles) -> String {
+    let mut t = String::from("\n[kme]\n");
+    t.push_str(&format!("kme_id = {}\n", quoted(&format!("kme-{}", side.gateway_name()))));
+    t.push_str(&format!("ca = {}\n", path_str(&files.kme.ca)));
+    t.push_str(&format!("cert = {}\n", path_str(&files.kme.cert)));
+    t.push_str(&format!("key = {}\n", path_str(&files.kme.key)));
+    for id in saes_of(side, kme) {
+        t.push_str("\n[[kme.sae]]\n");
+        t.push_str(&format!("id = {}\n", quoted(&id)));
+        t.push_str(&format!(
+            "peers = [{}]\n",
+            quoted(side.other().gateway_name())
+        ));
+    }
+    t
+}
+
+fn render_tunnel(
+    side: Side,
+    opts: &AgentPairOptions,
+    me: &super::Gateway,
+    peer: &super::Gateway,
+    line: &mut impl FnMut(String),
+) {
     line("[[tunnel]]".into());
     line(format!("name = {}", quoted(TUNNEL_NAME)));
     line(format!("peer = {}", quoted(side.other().gateway_name())));
@@ -316,8 +473,6 @@ pub(crate) fn render_config(
             line(format!("{field} = {v}"));
         }
     }
-    t.push_str(&super::bulk_tunnels::render(side, opts, bed));
-    t
 }
 
 #[cfg(test)]

@@ -1,0 +1,108 @@
+//! Shared pieces of the ETSI GS QKD 014 tests: an agent pair whose agents
+//! are KMEs for the hosts behind them, and the example SAE programs
+//! (`examples/etsi014_sae.rs`, `examples/tls_psk.rs`) run as processes
+//! inside the hosts' namespaces, each with its own lab client certificate.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use qkd_ipsec::testbed::{AgentPair, KmeOptions, Side};
+
+use crate::agent_support::*;
+use crate::support::*;
+
+/// An example program cargo built beside this test binary
+/// (`target/<profile>/examples/NAME`; `netns-tests/run` builds them).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test binary>");
+    let path = profile.join("examples").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --example {name}` (netns-tests/run does)",
+        path.display()
+    );
+    path
+}
+
+/// A pair whose agents serve keys to applications; the tunnel between the
+/// sites keys as usual. `extra_saes` adds SAEs beyond the hosts' own.
+pub async fn start_kme_pair(tag: &str, kme: KmeOptions) -> AgentPair {
+    let mut opts = options(tag);
+    opts.kme = Some(kme);
+    let pair = start_pair(opts).await;
+    // The tunnel keyed means the link is up and the pool holds key.
+    wait_keyed(&pair, 1, Duration::from_secs(120)).await;
+    pair
+}
+
+/// A key as the example SAE prints it: key_ID and fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PrintedKey {
+    pub id: String,
+    pub fingerprint: String,
+}
+
+/// Runs `etsi014_sae` in the namespace of the host behind `side`, as the
+/// SAE `sae_id`, against `side`'s KME.
+pub async fn sae(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> Output {
+    let tls = pair.sae_tls(sae_id);
+    let host = match side {
+        Side::A => &pair.bed().host_a.name,
+        Side::B => &pair.bed().host_b.name,
+    };
+    let bin = example("etsi014_sae");
+    let url = pair.kme_url(side);
+    let mut args: Vec<&str> = vec![
+        "--url",
+        &url,
+        "--ca",
+        tls.ca.to_str().expect("UTF-8 path"),
+        "--cert",
+        tls.cert.to_str().expect("UTF-8 path"),
+        "--key",
+        tls.key.to_str().expect("UTF-8 path"),
+    ];
+    args.extend_from_slice(call);
+    let mut c = in_netns(host, bin.to_str().expect("UTF-8 path"), &args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    within(Duration::from_secs(60), "the SAE program", c.output())
+        .await
+        .expect("run etsi014_sae")
+}
+
+/// Like [`sae`], but the call must succeed; returns the keys printed.
+pub async fn sae_keys(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> Vec<PrintedKey> {
+    let out = sae(pair, side, sae_id, call).await;
+    assert!(
+        out.status.success(),
+        "{sae_id} at {side}'s KME: {call:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("key ")?.split(' ');
+            Some(PrintedKey {
+                id: w.next()?.to_string(),
+                fingerprint: w.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Like [`sae`], but the call must fail; returns its stderr.
+pub async fn sae_refused(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> String {
+    let out = sae(pair, side, sae_id, call).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{sae_id} at {side}'s KME: {call:?} succeeded but must be refused: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
