@@ -12,8 +12,11 @@
 //! (2019-02): §5 the methods, §6 the data formats.
 
 pub mod api;
+pub mod client;
 
 pub use api::{
     ApiError, CheckedRequest, ErrorBody, KeyContainer, KeyIdItem, KeyIds, KeyItem, KeyRequest,
     MAX_BODY_BYTES, RequestLimits, Status, decode,
 };
+
+pub use client::{KmeCall, KmeClient, KmeClientConfig, KmeError, plan_request};
