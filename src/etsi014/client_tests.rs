@@ -49,6 +49,8 @@ impl Reply {
 }
 
 type Handler = Arc<dyn Fn(&str, &str, &[u8]) -> Reply + Send + Sync>;
+/// Method, path and body of each request the stand-in received.
+type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 
 /// A recognisable key byte: its base64 ("QUFB…") must never show in an
 /// error.
@@ -59,7 +61,7 @@ struct Kme {
     addr: SocketAddr,
     client: KmeClientConfig,
     /// Paths and bodies the stand-in received.
-    seen: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    seen: Received,
     _dir: TestDir,
 }
 
@@ -72,7 +74,7 @@ async fn kme(handler: impl Fn(&str, &str, &[u8]) -> Reply + Send + Sync + 'stati
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handler: Handler = Arc::new(handler);
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: Received = Arc::new(Mutex::new(Vec::new()));
     let seen2 = Arc::clone(&seen);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
