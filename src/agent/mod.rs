@@ -7,7 +7,9 @@
 //!
 //! * per peer: the peer channel ([`crate::peer::PeerLink`]), a
 //!   [`peer_task::PeerTask`] (pool agreement per session, control dispatch,
-//!   channel-key switches) and a [`qkd_task::QkdTask`] (the QKD link);
+//!   channel-key switches) and either a [`qkd_task::QkdTask`] (a simulated
+//!   QKD link) or an [`etsi014_task::Etsi014Task`] (keys from a QKD
+//!   device's KME over ETSI GS QKD 014);
 //! * per tunnel: a tunnel task driving its rekey engine;
 //! * one XFRM event listener dispatching expiries and acquires by reqid;
 //! * the status socket, metrics and the systemd watchdog.
@@ -15,6 +17,7 @@
 //! This module wires; it holds no protocol logic of its own.
 
 pub mod control;
+pub mod etsi014_task;
 mod kernel_events;
 mod peer_status;
 pub mod peer_task;

@@ -25,6 +25,7 @@ use crate::peer::{Inbound, LinkState, PeerHandle, Stream};
 
 use super::AgentError;
 use super::control::ControlMessage;
+use super::etsi014_task::{SourceInbound, SourceMessage};
 use super::qkd_task::lock;
 
 /// Agreement rounds per session before giving up until the next session.
@@ -46,6 +47,8 @@ pub struct PeerTask {
     pub pool: Arc<Mutex<PersistedPool>>,
     pub ready: watch::Sender<Option<u64>>,
     pub tunnels: HashMap<String, mpsc::Sender<TunnelInbound>>,
+    /// The ETSI 014 key source's queue (`kind = "etsi014"` links only).
+    pub key_source: Option<mpsc::Sender<SourceInbound>>,
     /// Switch the channel key to a fresh pool key this often (transmitter).
     pub channel_key_interval: Duration,
     pub cancel: CancellationToken,
@@ -157,6 +160,15 @@ impl PeerTask {
                 }
                 return Ok(());
             }
+            ControlMessage::KeyOffer(offer) => {
+                self.to_key_source(m.session, SourceMessage::Offer(offer))
+                    .await;
+                return Ok(());
+            }
+            ControlMessage::KeyOfferAck(ack) => {
+                self.to_key_source(m.session, SourceMessage::Ack(ack)).await;
+                return Ok(());
+            }
         }
         if let (Some(ours), Some(theirs)) = (&a.ours, &a.theirs) {
             if ours.digest == theirs.digest {
@@ -173,6 +185,17 @@ impl PeerTask {
             }
         }
         Ok(())
+    }
+
+    async fn to_key_source(&self, session: u64, msg: SourceMessage) {
+        match &self.key_source {
+            Some(tx) => {
+                let _ = tx.send(SourceInbound { session, msg }).await;
+            }
+            None => {
+                tracing::warn!(peer = %self.peer, "ETSI 014 key message on a link that is not kind = \"etsi014\"; dropped")
+            }
+        }
     }
 
     async fn send_summary(&self) {

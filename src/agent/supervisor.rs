@@ -24,6 +24,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::CHANNEL_BOOTSTRAP_BYTES;
 use crate::config::{Config, MIN_BOOTSTRAP_SECRET_BYTES, OnStop, Peer, Tunnel};
+use crate::etsi014::KmeClient;
+use crate::etsi014::seen::SeenKeyIds;
 use crate::keys::{BlockId, PersistedPool, PoolKey};
 use crate::ops::{
     Liveness, MetricsServer, PeerReporter, PeerRole, StatusBoard, StatusServer, SystemdNotify,
@@ -40,6 +42,7 @@ use crate::secret::file::{ensure_private_dir, load_secret_file};
 use crate::xfrm::{PolicySpec, XfrmError, XfrmEvents, XfrmHandle};
 
 use super::AgentError;
+use super::etsi014_task::Etsi014Task;
 use super::kernel_events::{Route, dispatch};
 use super::peer_status::{PeerObserver, report_link};
 use super::peer_task::{PeerTask, TunnelInbound};
@@ -239,7 +242,9 @@ async fn serve(
 }
 
 /// Opens one peer's pool and channel record and starts its link, its
-/// session task and its QKD task.
+/// session task and its key source: the QKD task of a simulated link, or
+/// the ETSI 014 task of a `kind = "etsi014"` link (the KME client and the
+/// used key_IDs' record are opened here, so a bad TLS file stops start-up).
 #[allow(clippy::too_many_arguments)]
 async fn start_peer(
     config: &Config,
@@ -323,6 +328,13 @@ async fn start_peer(
     });
     reporter.set_pool(&lock(&pool).status());
     let (ready_tx, ready_rx) = watch::channel(None);
+    let (source_tx, source_rx) = match p.etsi014 {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(16);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let peer_task = PeerTask {
         peer: p.name.clone(),
         role: p.role,
@@ -331,6 +343,7 @@ async fn start_peer(
         pool: Arc::clone(&pool),
         ready: ready_tx,
         tunnels,
+        key_source: source_tx,
         channel_key_interval: CHANNEL_KEY_INTERVAL,
         cancel: cancel.clone(),
     };
@@ -340,20 +353,58 @@ async fn start_peer(
         pool: Arc::clone(&pool),
         tunnels: tunnel_events,
     });
-    let qkd = QkdTask {
-        peer: p.name.clone(),
-        role: p.role,
-        cfg: p.block_config(),
-        pulse_rate_hz: p.pulse_rate_hz(),
-        handle: handle.clone(),
-        fibre_rx: rx.fibre,
-        qkd_rx: rx.qkd,
-        pool: Arc::clone(&pool),
-        ready: ready_rx.clone(),
-        observer,
-        cancel: cancel.clone(),
-    };
-    tasks.spawn(failure.watch(format!("QKD link {}", p.name), cancel.clone(), qkd.run()));
+    match (&p.etsi014, source_rx) {
+        (Some(settings), Some(inbound)) => {
+            // No QKD protocol on this link: the device ran it.
+            let field = format!("peer {}: etsi014", p.name);
+            let client = KmeClient::new(&settings.client_config()).map_err(|e| setup(&field, e))?;
+            let seen = SeenKeyIds::open(&SeenKeyIds::file_for(&gw.state_dir, &p.name))
+                .map_err(|e| setup(&field, e))?;
+            let role = if p.role == crate::keys::Role::Transmitter {
+                "master"
+            } else {
+                "slave"
+            };
+            reporter.set_key_source(&settings.kme_url, role);
+            let task = Etsi014Task {
+                peer: p.name.clone(),
+                role: p.role,
+                settings: settings.clone(),
+                client,
+                seen,
+                handle: handle.clone(),
+                inbound,
+                fibre_rx: rx.fibre,
+                qkd_rx: rx.qkd,
+                pool: Arc::clone(&pool),
+                ready: ready_rx.clone(),
+                reporter: reporter.clone(),
+                observer,
+                cancel: cancel.clone(),
+            };
+            tasks.spawn(failure.watch(
+                format!("ETSI 014 key source {}", p.name),
+                cancel.clone(),
+                task.run(),
+            ));
+        }
+        _ => {
+            let qkd = QkdTask {
+                peer: p.name.clone(),
+                role: p.role,
+                cfg: p.block_config(),
+                pulse_rate_hz: p.pulse_rate_hz(),
+                handle: handle.clone(),
+                fibre_rx: rx.fibre,
+                qkd_rx: rx.qkd,
+                pool: Arc::clone(&pool),
+                ready: ready_rx.clone(),
+                observer,
+                cancel: cancel.clone(),
+            };
+            tasks.spawn(failure.watch(format!("QKD link {}", p.name), cancel.clone(), qkd.run()));
+        }
+    }
     tasks.spawn(report_link(
         handle.clone(),
         reporter.clone(),

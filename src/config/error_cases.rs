@@ -135,7 +135,7 @@ pub const ERROR_CASES: &[ErrorCase] = &[
         "missing; say where this link's keys come from: kind = \"simulated\"",
     ),
     case(
-        "link kind not in this build",
+        "etsi014 link without its section",
         "kind = \"simulated\"",
         "kind = \"etsi014\"",
         "peer[0].link.kind",

@@ -176,6 +176,10 @@ pub fn demand_bytes_per_second(peer: &str, tunnels: &[Tunnel]) -> f64 {
 /// Warns when a link yields no key, or less than its tunnels consume.
 pub(super) fn check_supply(peers: &[Peer], tunnels: &[Tunnel], f: &mut Findings) {
     for (i, p) in peers.iter().enumerate() {
+        if !p.is_simulated() {
+            // A QKD device's rate is the device's; nothing to forecast.
+            continue;
+        }
         let fc = forecast(&p.link, &p.postprocessing);
         if fc.net_bytes_per_block == 0 {
             f.warn(

@@ -45,6 +45,7 @@
 //! | `gateway` | `[gateway]`: identity, paths, stop policy, XFRM ownership |
 //! | `peer` | `[[peer]]` and `[peer.channel]` |
 //! | `link` | `[peer.link]` and `[peer.postprocessing]`: the QKD link |
+//! | `etsi014` | `[peer.etsi014]`: a QKD device's KME as the link's key source |
 //! | `tunnel` | `[[tunnel]]`: SA templates, policies, reqids |
 //! | `lifetime` | `[tunnel.lifetime]`: defaults and limits |
 //! | `subnets` | subnet lists: CIDR parsing, pairing |
@@ -55,6 +56,7 @@
 mod document;
 #[doc(hidden)]
 pub mod error_cases;
+mod etsi014;
 pub mod forecast;
 mod gateway;
 mod lifetime;
@@ -75,6 +77,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use etsi014::{Etsi014, Etsi014Section, MAX_POOL_TARGET_BYTES, MIN_ETSI014_KEY_BITS};
 pub use gateway::{Gateway, GatewaySection, OnStop, OwnershipSection};
 pub use lifetime::{LifetimeSection, MAX_PACKETS_WITHOUT_ESN};
 pub use link::{LinkKind, LinkSection, PostprocessingSection};

@@ -86,6 +86,7 @@ pub fn check_pair(a: &Config, b: &Config, creds: PairCredentials<'_>) -> Vec<Pai
     };
     let (pa, pb) = (&a.peers[ia], &b.peers[ib]);
     check_link(&mut r, ia, pa, ib, pb);
+    check_etsi014(&mut r, ia, pa, pb);
     check_dialing(&mut r, ia, pa, pb);
     check_dialing_reverse(&mut r, ib, pb, pa);
     if a.gateway.ownership.spis != b.gateway.ownership.spis {
@@ -121,6 +122,45 @@ fn check_link(r: &mut Report<'_>, ia: usize, pa: &Peer, ib: usize, pb: &Peer) {
                 r.b.file.display()
             ));
         }
+    }
+}
+
+/// Each side's `peer_sae_id` is the other's `sae_id`, and both ask for
+/// keys of one size (the slave refuses any other).
+fn check_etsi014(r: &mut Report<'_>, ia: usize, pa: &Peer, pb: &Peer) {
+    let (Some(a), Some(b)) = (&pa.etsi014, &pb.etsi014) else {
+        return;
+    };
+    let other = r.b.file.display().to_string();
+    if a.peer_sae_id != b.sae_id {
+        r.on(
+            false,
+            format!("peer[{ia}].etsi014.peer_sae_id"),
+            format!(
+                "{:?}, but {other} says its sae_id is {:?}",
+                a.peer_sae_id, b.sae_id
+            ),
+        );
+    }
+    if a.sae_id != b.peer_sae_id {
+        r.on(
+            false,
+            format!("peer[{ia}].etsi014.sae_id"),
+            format!(
+                "{:?}, but {other} names this gateway's SAE {:?}",
+                a.sae_id, b.peer_sae_id
+            ),
+        );
+    }
+    if a.key_size_bits != b.key_size_bits {
+        r.on(
+            false,
+            format!("peer[{ia}].etsi014.key_size"),
+            format!(
+                "{} here but {} in {other}; both gateways must ask for keys of one size",
+                a.key_size_bits, b.key_size_bits
+            ),
+        );
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::Findings;
+use super::etsi014::{Etsi014, Etsi014Section, refuse_simulated_settings};
 use super::gateway::anchor;
 use super::link::{self, LinkKind, LinkSection, PostprocessingSection};
 use super::secrets::{SecretLocation, bootstrap_credential};
@@ -78,6 +79,11 @@ pub struct PeerSection {
     ///
     /// Example: `[peer.channel]` then `handshake_timeout = "10s"`
     pub channel: ChannelSection,
+    /// The QKD device's key service, for `[peer.link] kind = "etsi014"`
+    /// (required then, refused with `kind = "simulated"`).
+    ///
+    /// Example: `[peer.etsi014]` then `kme_url = "https://kme-a.example:8443"`
+    pub etsi014: Option<Etsi014Section>,
 }
 
 /// Smallest frame limit: every upper-layer message fits.
@@ -216,9 +222,10 @@ pub struct Peer {
     /// This gateway's QKD role on the link.
     pub role: Role,
     pub bootstrap_secret: SecretLocation,
-    /// Where the link's keys come from; `Simulated` is the only kind an
-    /// agent of this build runs.
+    /// Where the link's keys come from.
     pub kind: LinkKind,
+    /// The KME settings; `Some` exactly when `kind` is `Etsi014`.
+    pub etsi014: Option<Etsi014>,
     /// Lab only: the fibre-key export file (anchored to the config file).
     pub lab_export_fibre_keys: Option<PathBuf>,
     pub link: LinkSection,
@@ -279,7 +286,14 @@ impl PeerSection {
                  set address = \"host:port\" of the peer's listen address",
             );
         }
-        let kind = check_kind(prefix, &self.link, f);
+        let kind = check_kind(prefix, &self.link, self.etsi014.is_some(), f);
+        let etsi014 = match (kind, &self.etsi014) {
+            (Some(LinkKind::Etsi014), Some(section)) => {
+                refuse_simulated_settings(prefix, &self.link, &self.postprocessing, f);
+                section.validate(&format!("{prefix}.etsi014"), base, f)
+            }
+            _ => None,
+        };
         let link_ok = self.link.check(&format!("{prefix}.link"), f);
         let post_ok = self
             .postprocessing
@@ -313,6 +327,7 @@ impl PeerSection {
             // still takes part in the cross-peer checks so that every
             // finding shows at once.
             kind: kind.or(self.link.kind).unwrap_or(LinkKind::Simulated),
+            etsi014,
             lab_export_fibre_keys,
             link: self.link,
             postprocessing: self.postprocessing,
@@ -321,9 +336,14 @@ impl PeerSection {
     }
 }
 
-/// The link kind: required, and `etsi014` refused until this build has its
-/// section. Returns the kind when the agent can run it.
-fn check_kind(prefix: &str, link: &LinkSection, f: &mut Findings) -> Option<LinkKind> {
+/// The link kind: required; `etsi014` needs `[peer.etsi014]` and
+/// `simulated` refuses it. Returns the kind when the agent can run it.
+fn check_kind(
+    prefix: &str,
+    link: &LinkSection,
+    has_etsi014: bool,
+    f: &mut Findings,
+) -> Option<LinkKind> {
     let path = format!("{prefix}.link.kind");
     match link.kind {
         None => {
@@ -337,24 +357,35 @@ fn check_kind(prefix: &str, link: &LinkSection, f: &mut Findings) -> Option<Link
             None
         }
         Some(LinkKind::Etsi014) => {
+            let mut ok = true;
             if link.lab_export_fibre_keys.is_some() {
+                ok = false;
                 f.error(
                     format!("{prefix}.link.lab_export_fibre_keys"),
                     "only a simulated link has a fibre stream to export keys of; \
                      remove it with kind = \"etsi014\"",
                 );
             }
-            // The one place the ETSI 014 source is refused; the section and
-            // the source come with their own change.
-            f.error(
-                path,
-                "kind = \"etsi014\" needs the [peer.etsi014] section (the QKD device's \
-                 ETSI GS QKD 014 key-delivery endpoint), which this build does not support yet; \
-                 use kind = \"simulated\" for now",
-            );
-            None
+            if !has_etsi014 {
+                ok = false;
+                f.error(
+                    path,
+                    "kind = \"etsi014\" needs the [peer.etsi014] section (the QKD device's \
+                     ETSI GS QKD 014 key-delivery endpoint): kme_url, ca, client_cert, \
+                     client_key, sae_id, peer_sae_id",
+                );
+            }
+            ok.then_some(LinkKind::Etsi014)
         }
         Some(LinkKind::Simulated) => {
+            if has_etsi014 {
+                f.error(
+                    format!("{prefix}.etsi014"),
+                    "a simulated link takes no keys from a KME; remove [peer.etsi014] or set \
+                     [peer.link] kind = \"etsi014\"",
+                );
+                return None;
+            }
             if let Some(p) = &link.lab_export_fibre_keys {
                 f.warn(
                     format!("{prefix}.link.lab_export_fibre_keys"),

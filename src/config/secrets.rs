@@ -148,6 +148,27 @@ impl Config {
                 },
             );
         }
+        let mut identities = Vec::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let Some(e) = &peer.etsi014 else { continue };
+            let field = format!("peer[{i}].etsi014.client_key");
+            check(
+                field.clone(),
+                &SecretLocation::File(e.tls.key.clone()),
+                &|len| (len == 0).then(|| "empty; the client key is a PEM private key".into()),
+            );
+            // The three files must also make a usable mutual-TLS identity.
+            if let Err(err) = crate::tls::client_config(&e.tls) {
+                let finding = Finding::new(format!("peer[{i}].etsi014"), err.to_string());
+                identities.push((field, finding));
+            }
+        }
+        for (field, finding) in identities {
+            // A bad key file is reported once, under its own field.
+            if !bad.iter().any(|b| b.path == field) {
+                bad.push(finding);
+            }
+        }
         (ok, self.locate(bad))
     }
 }

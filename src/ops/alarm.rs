@@ -78,6 +78,12 @@ pub enum Alarm {
         cause: RekeyCause,
         error: String,
     },
+    /// The link's key source (a QKD device's KME over ETSI GS QKD 014)
+    /// failed; it retries with back-off, and a success clears the alarm.
+    KeySourceFailed {
+        peer: String,
+        error: String,
+    },
 }
 
 /// An alarm's kind without details: its identity (with the subject) and its
@@ -91,10 +97,11 @@ pub enum AlarmKind {
     PeerUnreachable,
     TunnelFailedClosed,
     RekeyFailed,
+    KeySourceFailed,
 }
 
 impl AlarmKind {
-    pub const ALL: [AlarmKind; 7] = [
+    pub const ALL: [AlarmKind; 8] = [
         AlarmKind::QberAboveThreshold,
         AlarmKind::AuthenticationFailed,
         AlarmKind::VerificationFailed,
@@ -102,6 +109,7 @@ impl AlarmKind {
         AlarmKind::PeerUnreachable,
         AlarmKind::TunnelFailedClosed,
         AlarmKind::RekeyFailed,
+        AlarmKind::KeySourceFailed,
     ];
 
     /// Stable name: the JSON tag and the metrics label.
@@ -114,6 +122,7 @@ impl AlarmKind {
             AlarmKind::PeerUnreachable => "peer_unreachable",
             AlarmKind::TunnelFailedClosed => "tunnel_failed_closed",
             AlarmKind::RekeyFailed => "rekey_failed",
+            AlarmKind::KeySourceFailed => "key_source_failed",
         }
     }
 
@@ -124,9 +133,10 @@ impl AlarmKind {
             | AlarmKind::AuthenticationFailed
             | AlarmKind::VerificationFailed
             | AlarmKind::TunnelFailedClosed => Severity::Critical,
-            AlarmKind::PoolExhausted | AlarmKind::PeerUnreachable | AlarmKind::RekeyFailed => {
-                Severity::Warning
-            }
+            AlarmKind::PoolExhausted
+            | AlarmKind::PeerUnreachable
+            | AlarmKind::RekeyFailed
+            | AlarmKind::KeySourceFailed => Severity::Warning,
         }
     }
 
@@ -162,6 +172,7 @@ impl Alarm {
             Alarm::PeerUnreachable { .. } => AlarmKind::PeerUnreachable,
             Alarm::TunnelFailedClosed { .. } => AlarmKind::TunnelFailedClosed,
             Alarm::RekeyFailed { .. } => AlarmKind::RekeyFailed,
+            Alarm::KeySourceFailed { .. } => AlarmKind::KeySourceFailed,
         }
     }
 
@@ -172,7 +183,8 @@ impl Alarm {
             | Alarm::AuthenticationFailed { peer, .. }
             | Alarm::VerificationFailed { peer }
             | Alarm::PoolExhausted { peer }
-            | Alarm::PeerUnreachable { peer, .. } => peer,
+            | Alarm::PeerUnreachable { peer, .. }
+            | Alarm::KeySourceFailed { peer, .. } => peer,
             Alarm::TunnelFailedClosed { tunnel, .. } | Alarm::RekeyFailed { tunnel, .. } => tunnel,
         }
     }
@@ -220,6 +232,10 @@ impl Alarm {
             } => format!(
                 "rekey of tunnel {tunnel} ({}) failed: {error}",
                 cause.name()
+            ),
+            Alarm::KeySourceFailed { peer, error } => format!(
+                "key source of the link to {peer} failed: {error}; retrying with back-off \
+                 (tunnels keep their SAs until hard lifetime, then fail closed)"
             ),
         }
     }

@@ -153,6 +153,10 @@ fn json_tags_alarms_by_kind() {
                 peer: "y".into(),
             },
             AlarmKind::RekeyFailed => a.clone(),
+            AlarmKind::KeySourceFailed => Alarm::KeySourceFailed {
+                peer: "x".into(),
+                error: "the KME answered 503 to enc_keys: no key".into(),
+            },
         };
         assert_eq!(sample.kind(), k);
         assert_eq!(serde_json::to_value(&sample).unwrap()["kind"], k.name());

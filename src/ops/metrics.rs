@@ -125,6 +125,26 @@ fn render_peers(e: &mut Exposition, s: &BoardSnapshot) {
         f.sample(&[("peer", &p.name)], f64::from(u8::from(simulated)));
     }
     let mut f = e.family(
+        "qkd_ipsec_etsi014_keys_total",
+        Type::Counter,
+        "Keys taken from the KME over ETSI GS QKD 014 and appended to the pool.",
+    );
+    for p in &s.peers {
+        if let Some(k) = &p.key_source {
+            f.sample(&[("peer", &p.name)], k.keys_fetched as f64);
+        }
+    }
+    let mut f = e.family(
+        "qkd_ipsec_etsi014_errors_total",
+        Type::Counter,
+        "Failed ETSI GS QKD 014 key fetches (KME errors, refused offers, missing acks).",
+    );
+    for p in &s.peers {
+        if let Some(k) = &p.key_source {
+            f.sample(&[("peer", &p.name)], k.errors as f64);
+        }
+    }
+    let mut f = e.family(
         "qkd_ipsec_link_up",
         Type::Gauge,
         "1 if the peer channel has an authenticated session.",

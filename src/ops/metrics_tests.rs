@@ -264,6 +264,36 @@ fn full_board_exposition_is_valid_and_carries_the_figures() {
     let s = parse_exposition(&text).unwrap();
     let simulated = find(&s, "qkd_ipsec_link_simulated", &[("peer", p)]).unwrap();
     assert_eq!(simulated.value, 0.0, "a real QKD device is not simulated");
+    // The ETSI 014 key source: counters, the alarm and its clearing.
+    peer.set_key_source("https://kme-a.example:8443", "master");
+    peer.key_source_failed("the KME answered 503 to enc_keys: no key");
+    peer.key_source_ok(8, 256);
+    peer.key_source_failed("cannot connect to the KME");
+    let snap = board.snapshot();
+    let ks = snap.peers[0].key_source.as_ref().unwrap();
+    assert_eq!((ks.keys_fetched, ks.bytes_fetched, ks.errors), (8, 256, 2));
+    assert_eq!(ks.last_error.as_deref(), Some("cannot connect to the KME"));
+    assert!(snap.alarms.iter().any(|a| a.active
+        && a.alarm.kind() == crate::ops::AlarmKind::KeySourceFailed
+        && a.severity == crate::ops::Severity::Warning));
+    let text = render_metrics(&snap);
+    let s = parse_exposition(&text).unwrap();
+    let keys = find(&s, "qkd_ipsec_etsi014_keys_total", &[("peer", p)]).unwrap();
+    let errors = find(&s, "qkd_ipsec_etsi014_errors_total", &[("peer", p)]).unwrap();
+    assert_eq!((keys.value, errors.value), (8.0, 2.0));
+    let shown = crate::ops::render_text(&snap);
+    assert!(
+        shown.contains("key source: ETSI 014 master at https://kme-a.example:8443"),
+        "{shown}"
+    );
+    peer.key_source_ok(8, 256);
+    assert!(
+        !board
+            .snapshot()
+            .alarms
+            .iter()
+            .any(|a| a.active && a.alarm.kind() == crate::ops::AlarmKind::KeySourceFailed)
+    );
     assert_eq!(
         v("qkd_ipsec_tunnel_generation", &[("tunnel", "site-b")]),
         7.0

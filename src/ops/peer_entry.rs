@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use super::alarm::{Alarm, AlarmKind, AuthSource, QberBasis};
 use super::board::{StatusBoard, write};
 use super::snapshot::{
-    CauseCount, ChannelSnapshot, ChannelState, LastBlock, LinkSource, PeerRole, PeerSnapshot,
-    PoolSnapshot, QkdSnapshot, UseBytes,
+    CauseCount, ChannelSnapshot, ChannelState, KeySourceSnapshot, LastBlock, LinkSource, PeerRole,
+    PeerSnapshot, PoolSnapshot, QkdSnapshot, UseBytes,
 };
 use super::unix_ms;
 use crate::keys::{KeyUse, PoolStatus};
@@ -44,6 +44,7 @@ pub(crate) struct PeerEntry {
     key_bits_total: u64,
     rate_samples: VecDeque<(SystemTime, u64)>,
     pool: Option<PoolSnapshot>,
+    key_source: Option<KeySourceSnapshot>,
 }
 
 impl PeerEntry {
@@ -74,6 +75,7 @@ impl PeerEntry {
             key_bits_total: 0,
             rate_samples: VecDeque::new(),
             pool: None,
+            key_source: None,
         }
     }
 
@@ -112,6 +114,7 @@ impl PeerEntry {
                 key_rate_window_s: span.as_secs_f64(),
             },
             pool: self.pool.clone(),
+            key_source: self.key_source.clone(),
         }
     }
 }
@@ -151,6 +154,46 @@ impl PeerReporter {
     /// Where the link's keys come from (the config's `[peer.link] kind`).
     pub fn set_source(&self, source: LinkSource) {
         write(&self.entry).source = source;
+    }
+
+    /// Declares the link's ETSI 014 key source (`role`: "master" or
+    /// "slave"); its figures start at zero.
+    pub fn set_key_source(&self, kme_url: &str, role: &str) {
+        write(&self.entry).key_source = Some(KeySourceSnapshot {
+            kme_url: kme_url.to_string(),
+            role: role.to_string(),
+            keys_fetched: 0,
+            bytes_fetched: 0,
+            errors: 0,
+            last_error: None,
+            last_success_unix_ms: None,
+        });
+    }
+
+    /// The key source appended `keys` keys (`bytes` bytes) to the pool;
+    /// clears `KeySourceFailed`.
+    pub fn key_source_ok(&self, keys: u64, bytes: u64) {
+        let now = self.board.now();
+        if let Some(k) = write(&self.entry).key_source.as_mut() {
+            k.keys_fetched += keys;
+            k.bytes_fetched += bytes;
+            k.last_error = None;
+            k.last_success_unix_ms = Some(unix_ms(now));
+        }
+        self.board.clear(AlarmKind::KeySourceFailed, &self.name);
+    }
+
+    /// The key source failed (`error` names no key bytes); raises
+    /// `KeySourceFailed` until the next success.
+    pub fn key_source_failed(&self, error: &str) {
+        if let Some(k) = write(&self.entry).key_source.as_mut() {
+            k.errors += 1;
+            k.last_error = Some(error.to_string());
+        }
+        self.board.raise(Alarm::KeySourceFailed {
+            peer: self.name.to_string(),
+            error: error.to_string(),
+        });
     }
 
     /// Copies the peer channel's state and counters (call it on every

@@ -102,6 +102,20 @@ fn render_peer(out: &mut String, p: &PeerSnapshot, now: u64) {
             .as_deref()
             .map_or(String::new(), |c| format!(" — {c}"))
     );
+    if let Some(k) = &p.key_source {
+        let _ = writeln!(
+            out,
+            "      key source: ETSI 014 {} at {}, {} keys ({} bytes) fetched, {} errors{}",
+            k.role,
+            k.kme_url,
+            k.keys_fetched,
+            k.bytes_fetched,
+            k.errors,
+            k.last_error
+                .as_deref()
+                .map_or(String::new(), |e| format!("; last error: {e}"))
+        );
+    }
     if let Some(err) = c
         .last_error
         .as_deref()

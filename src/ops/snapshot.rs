@@ -90,6 +90,28 @@ pub struct PeerSnapshot {
     pub qkd: QkdSnapshot,
     /// `None` until the agent first reports the pool.
     pub pool: Option<PoolSnapshot>,
+    /// The ETSI 014 key source of a `kind = "etsi014"` link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_source: Option<KeySourceSnapshot>,
+}
+
+/// An ETSI GS QKD 014 key source: where keys come from and how it fares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySourceSnapshot {
+    /// Base URL of this gateway's KME.
+    pub kme_url: String,
+    /// `"master"` (calls enc_keys; the link's transmitter) or `"slave"`
+    /// (calls dec_keys).
+    pub role: String,
+    /// Keys taken from the KME and appended to the pool.
+    pub keys_fetched: u64,
+    /// Their bytes.
+    pub bytes_fetched: u64,
+    /// Failed attempts (KME errors, refused offers, missing acks).
+    pub errors: u64,
+    /// The latest failure, until the next success.
+    pub last_error: Option<String>,
+    pub last_success_unix_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,326 @@
+//! One peer's ETSI 014 key source: runs [`Master`] (the link's
+//! transmitter) or [`Slave`] (the receiver) from [`crate::etsi014::source`]
+//! against this gateway's KME and the peer's control stream, and appends the
+//! agreed blocks to the peer's pool. Started instead of the QKD task for a
+//! `kind = "etsi014"` link: no QKD protocol runs between the agents.
+//!
+//! It works only while the pool is agreed for the current session (the
+//! `ready` watch): an offer or ack of another session is dropped, and a
+//! block is appended only if the session that carried its offer is still
+//! the agreed one. Failures raise `KeySourceFailed` (with the error, never
+//! key bytes) and count in `qkd_ipsec_etsi014_errors_total`; the master
+//! backs off from 1 s up to `retry_max`; a success clears the alarm. When
+//! keys stop coming, tunnels run on their SAs until the hard lifetime and
+//! then fail closed, as with an empty pool on any link.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Etsi014;
+use crate::etsi014::api::KeyItem;
+use crate::etsi014::client::{KmeClient, KmeError, plan_request};
+use crate::etsi014::seen::SeenKeyIds;
+use crate::etsi014::source::{
+    KeyOffer, KeyOfferAck, Master, MasterAction, RETRY_MIN, Slave, SourceConfig, SourceError,
+};
+use crate::keys::{BlockId, PersistedPool, Role};
+use crate::ops::PeerReporter;
+use crate::peer::{Inbound, PeerHandle, Stream};
+use crate::secret::SecretBytes;
+
+use super::AgentError;
+use super::control::ControlMessage;
+use super::qkd_task::{QkdObserver, lock};
+
+/// dec_keys attempts the slave makes for one offer (the peer KME may not
+/// have the keys yet right after the master's enc_keys).
+const SLAVE_ATTEMPTS: u32 = 3;
+/// How often the master looks at the pool level besides events.
+const POOL_CHECK: Duration = Duration::from_secs(1);
+
+/// An ETSI 014 control message, with the session it arrived on.
+pub struct SourceInbound {
+    pub session: u64,
+    pub msg: SourceMessage,
+}
+
+pub enum SourceMessage {
+    Offer(KeyOffer),
+    Ack(KeyOfferAck),
+}
+
+pub struct Etsi014Task {
+    pub peer: String,
+    /// Transmitter: master (enc_keys); receiver: slave (dec_keys).
+    pub role: Role,
+    pub settings: Etsi014,
+    pub client: KmeClient,
+    pub seen: SeenKeyIds,
+    pub handle: PeerHandle,
+    pub inbound: mpsc::Receiver<SourceInbound>,
+    /// QKD-protocol streams: nothing should arrive on them on this link;
+    /// drained so that a confused peer cannot stall the channel.
+    pub fibre_rx: mpsc::Receiver<Inbound>,
+    pub qkd_rx: mpsc::Receiver<Inbound>,
+    pub pool: Arc<Mutex<PersistedPool>>,
+    pub ready: watch::Receiver<Option<u64>>,
+    pub reporter: PeerReporter,
+    pub observer: Arc<dyn QkdObserver>,
+    pub cancel: CancellationToken,
+}
+
+/// The source settings of a link: the master waits for the slave's KME
+/// calls (with retries) plus a margin before it gives up on an ack.
+pub fn source_config(s: &Etsi014) -> SourceConfig {
+    let per_call = s.connect_timeout + s.request_timeout;
+    let retries: Duration = (0..SLAVE_ATTEMPTS - 1).map(|i| RETRY_MIN * (1 << i)).sum();
+    SourceConfig {
+        key_size_bits: s.key_size_bits,
+        batch: s.batch,
+        pool_target_bytes: s.pool_target_bytes,
+        retry_max: s.retry_max,
+        ack_timeout: per_call * SLAVE_ATTEMPTS + retries + Duration::from_secs(10),
+    }
+}
+
+impl Etsi014Task {
+    pub async fn run(self) -> Result<(), AgentError> {
+        tracing::info!(peer = %self.peer, kme = %self.settings.kme_url,
+            role = if self.role == Role::Transmitter { "master" } else { "slave" },
+            "ETSI GS QKD 014 key source: keys come from the QKD device's KME; no QKD protocol runs on this link");
+        match self.role {
+            Role::Transmitter => self.run_master().await,
+            Role::Receiver => self.run_slave().await,
+        }
+    }
+
+    async fn run_master(mut self) -> Result<(), AgentError> {
+        let mut master = Master::new(source_config(&self.settings));
+        let mut session: Option<u64> = None;
+        loop {
+            let now_ready = *self.ready.borrow();
+            if now_ready != session {
+                if let Some(block) = master.abandon() {
+                    tracing::info!(peer = %self.peer, block = block.0, "session changed before the peer acknowledged; the offered keys are dropped");
+                }
+                session = now_ready;
+            }
+            let available = lock(&self.pool).pool().available();
+            match master.poll(Instant::now(), session.is_some(), available) {
+                MasterAction::Fetch { number } => {
+                    let result = tokio::select! {
+                        () = self.cancel.cancelled() => return Ok(()),
+                        r = self.fetch(number) => r,
+                    };
+                    let next = lock(&self.pool).pool().next_block_id();
+                    match master.fetched(Instant::now(), result, next, &mut self.seen) {
+                        Ok(offer) if *self.ready.borrow() == session => {
+                            tracing::debug!(peer = %self.peer, block = offer.block.0, keys = offer.key_ids.len(), "offering keys to the peer");
+                            if !self.send(ControlMessage::KeyOffer(offer)).await {
+                                master.abandon();
+                            }
+                        }
+                        Ok(_) => {
+                            master.abandon();
+                        }
+                        Err(e) => self.failed(&e),
+                    }
+                }
+                MasterAction::AckOverdue { block, after } => {
+                    self.failed(&SourceError::AckTimeout { block, after });
+                }
+                MasterAction::Wait(until) => {
+                    let wake = until
+                        .unwrap_or_else(|| Instant::now() + POOL_CHECK)
+                        .min(Instant::now() + POOL_CHECK);
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Ok(()),
+                        changed = self.ready.changed() => if changed.is_err() { return Ok(()) },
+                        Some(m) = self.inbound.recv() => self.on_master_inbound(&mut master, session, m).await?,
+                        Some(f) = self.fibre_rx.recv() => self.unexpected(f.payload.len()),
+                        Some(q) = self.qkd_rx.recv() => self.unexpected(q.payload.len()),
+                        () = tokio::time::sleep_until(wake) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_master_inbound(
+        &self,
+        master: &mut Master,
+        session: Option<u64>,
+        m: SourceInbound,
+    ) -> Result<(), AgentError> {
+        let ack = match m.msg {
+            SourceMessage::Ack(ack) if Some(m.session) == session => ack,
+            SourceMessage::Ack(_) => return Ok(()),
+            SourceMessage::Offer(_) => {
+                tracing::warn!(peer = %self.peer, "key offer from the peer, but this gateway is the ETSI 014 master; dropped (are both gateways transmitters?)");
+                return Ok(());
+            }
+        };
+        match master.acked(Instant::now(), ack) {
+            Ok((block, bytes)) => self.append(block, bytes).await.map(drop),
+            Err(SourceError::UnexpectedAck(block)) => {
+                tracing::warn!(peer = %self.peer, block = block.0, "acknowledgement of a block not pending (late or duplicate); ignored");
+                Ok(())
+            }
+            Err(e) => {
+                self.failed(&e);
+                Ok(())
+            }
+        }
+    }
+
+    /// status, then enc_keys as the status allows.
+    async fn fetch(&self, number: u32) -> Result<Vec<KeyItem>, KmeError> {
+        let slave = &self.settings.peer_sae_id;
+        let status = self.client.status(slave).await?;
+        let plan = plan_request(&status, number, self.settings.key_size_bits)?;
+        self.client
+            .enc_keys(slave, plan.number, plan.size_bits)
+            .await
+    }
+
+    async fn run_slave(mut self) -> Result<(), AgentError> {
+        let slave = Slave::new(source_config(&self.settings));
+        loop {
+            let m = tokio::select! {
+                () = self.cancel.cancelled() => return Ok(()),
+                m = self.inbound.recv() => match m { Some(m) => m, None => return Ok(()) },
+                Some(f) = self.fibre_rx.recv() => { self.unexpected(f.payload.len()); continue }
+                Some(q) = self.qkd_rx.recv() => { self.unexpected(q.payload.len()); continue }
+            };
+            match m.msg {
+                SourceMessage::Offer(offer) if *self.ready.borrow() == Some(m.session) => {
+                    self.on_offer(&slave, m.session, offer).await?;
+                }
+                SourceMessage::Offer(_) => {}
+                SourceMessage::Ack(_) => {
+                    tracing::warn!(peer = %self.peer, "key acknowledgement from the peer, but this gateway is the ETSI 014 slave; dropped");
+                }
+            }
+        }
+    }
+
+    async fn on_offer(
+        &mut self,
+        slave: &Slave,
+        session: u64,
+        offer: KeyOffer,
+    ) -> Result<(), AgentError> {
+        let block = offer.block;
+        let next = lock(&self.pool).pool().next_block_id();
+        let outcome = match slave.check_offer(&offer, next, &self.seen) {
+            Ok(()) => self.dec_keys(&offer).await.map_err(SourceError::from),
+            Err(e) => Err(e),
+        };
+        let bytes = match outcome.and_then(|keys| slave.accept(&offer, keys, &mut self.seen)) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.failed(&e);
+                self.ack(block, false).await;
+                return Ok(());
+            }
+        };
+        if *self.ready.borrow() != Some(session) {
+            // The session that carried the offer is over: the master drops
+            // its copy, so this side must not keep one either.
+            return Ok(());
+        }
+        let appended = self.append(block, bytes).await?;
+        self.ack(block, appended).await;
+        Ok(())
+    }
+
+    async fn dec_keys(&self, offer: &KeyOffer) -> Result<Vec<KeyItem>, KmeError> {
+        let master = &self.settings.peer_sae_id;
+        let mut attempt = 1;
+        loop {
+            let result = tokio::select! {
+                () = self.cancel.cancelled() => return Err(KmeError::Http {
+                    call: crate::etsi014::KmeCall::DecKeys,
+                    why: "the agent is stopping".into(),
+                }),
+                r = self.client.dec_keys(master, &offer.key_ids, offer.size_bits) => r,
+            };
+            match result {
+                Err(e) if attempt < SLAVE_ATTEMPTS && retryable(&e) => {
+                    tracing::debug!(peer = %self.peer, attempt, error = %e, "dec_keys failed; retrying");
+                    tokio::time::sleep(RETRY_MIN * (1 << (attempt - 1))).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Appends an agreed block; reports success or the failure (a store
+    /// error is the pool's to log, not a reason to stop the agent).
+    async fn append(&self, block: BlockId, bytes: SecretBytes) -> Result<bool, AgentError> {
+        let len = bytes.len() as u64;
+        let pool = Arc::clone(&self.pool);
+        let appended = tokio::task::spawn_blocking(move || lock(&pool).append(block, bytes))
+            .await
+            .map_err(|e| AgentError::Task(e.to_string()))?;
+        match appended {
+            Ok(()) => {
+                let keys = len / u64::from(self.settings.key_size_bits / 8);
+                tracing::info!(peer = %self.peer, block = block.0, keys, bytes = len, "ETSI 014 keys appended to the pool");
+                self.reporter.key_source_ok(keys, len);
+                self.observer.pool_changed(&self.peer);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, block = block.0, error = %e, "could not store an ETSI 014 block");
+                self.reporter
+                    .key_source_failed(&format!("could not store block {block}: {e}"));
+                Ok(false)
+            }
+        }
+    }
+
+    async fn ack(&self, block: BlockId, accepted: bool) {
+        self.send(ControlMessage::KeyOfferAck(KeyOfferAck { block, accepted }))
+            .await;
+    }
+
+    async fn send(&self, msg: ControlMessage) -> bool {
+        match self
+            .handle
+            .send(Stream::Control, Bytes::from(msg.encode()))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "ETSI 014 control send failed");
+                false
+            }
+        }
+    }
+
+    fn failed(&self, e: &SourceError) {
+        tracing::debug!(peer = %self.peer, error = %e, "ETSI 014 key source failed");
+        self.reporter.key_source_failed(&e.to_string());
+    }
+
+    fn unexpected(&self, len: usize) {
+        tracing::warn!(peer = %self.peer, len, "QKD-protocol frame on an etsi014 link; dropped (is the peer configured kind = \"simulated\"?)");
+    }
+}
+
+/// Failures worth another dec_keys: the KME not (yet) able to serve, or
+/// the network. A 400/401 or a malformed answer will not improve.
+fn retryable(e: &KmeError) -> bool {
+    match e {
+        KmeError::Status { code, .. } => *code >= 500,
+        KmeError::Connect { .. } | KmeError::Timeout { .. } | KmeError::Http { .. } => true,
+        _ => false,
+    }
+}
