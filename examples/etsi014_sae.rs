@@ -24,7 +24,7 @@ use qkd_ipsec::etsi014::api::KeyItem;
 use qkd_ipsec::etsi014::client::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, KmeClient, KmeClientConfig,
 };
-use qkd_ipsec::tls::TlsFiles;
+use qkd_ipsec::tls::{TlsFiles, certificate_identity, load_certs};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -85,8 +85,11 @@ fn print_keys(keys: &[KeyItem]) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The SAE ID is the certificate's CN: the KME reads it from there too.
+    let sae_id = certificate_identity(&load_certs(&args.cert)?[0])?;
     let client = KmeClient::new(&KmeClientConfig {
         url: args.url.clone(),
+        sae_id,
         tls: TlsFiles {
             ca: args.ca,
             cert: args.cert,

@@ -39,8 +39,8 @@ use qkd_ipsec::etsi014::api::KeyItem;
 use qkd_ipsec::etsi014::client::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, KmeClient, KmeClientConfig,
 };
-use qkd_ipsec::tls::TlsFiles;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use qkd_ipsec::tls::{TlsFiles, certificate_identity, load_certs};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -118,8 +118,11 @@ enum Role {
 }
 
 fn client_of(kme: &Kme) -> anyhow::Result<KmeClient> {
+    // The SAE ID is the certificate's CN: the KME reads it from there too.
+    let sae_id = certificate_identity(&load_certs(&kme.cert)?[0])?;
     KmeClient::new(&KmeClientConfig {
         url: kme.url.clone(),
+        sae_id,
         tls: TlsFiles {
             ca: kme.ca.clone(),
             cert: kme.cert.clone(),
@@ -142,7 +145,7 @@ fn psk_hex(item: &KeyItem) -> Zeroizing<String> {
 /// Reads one control line, bounded.
 async fn read_line(r: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
     let mut line = String::new();
-    let n = tokio::time::timeout(SESSION_LIMIT, (&mut *r).take(MAX_LINE as u64).read_line(&mut line))
+    let n = tokio::time::timeout(SESSION_LIMIT, AsyncReadExt::take(&mut *r, MAX_LINE as u64).read_line(&mut line))
         .await
         .context("timed out waiting for the control line")??;
     if n == 0 || !line.ends_with('\n') {
@@ -321,7 +324,6 @@ async fn report(ok: bool, key: &KeyItem, expected: &str, s_client: &mut Child) -
     }
     let mut err = String::new();
     if let Some(e) = s_client.stderr.as_mut() {
-        use tokio::io::AsyncReadExt;
         let _ = tokio::time::timeout(Duration::from_secs(2), e.take(4096).read_to_string(&mut err)).await;
     }
     let why = err

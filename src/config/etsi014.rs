@@ -25,7 +25,9 @@ use super::gateway::anchor;
 use super::link::{LinkSection, PostprocessingSection, shared_fields};
 use super::values::HumanDuration;
 use crate::etsi014::api::{MAX_KEY_BITS, MAX_KEYS_PER_DOCUMENT};
-use crate::etsi014::client::{KmeClientConfig, check_kme_url, check_sae_id};
+use crate::etsi014::client::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, KmeClientConfig, check_kme_url, check_sae_id,
+};
 use crate::keys::pool::{MAX_BLOCK_BYTES, MAX_BLOCKS};
 use crate::tls::TlsFiles;
 
@@ -114,8 +116,8 @@ impl Default for Etsi014Section {
             key_size: 256,
             batch: 8,
             pool_target_bytes: 16 << 10,
-            connect_timeout: HumanDuration::secs(5),
-            request_timeout: HumanDuration::secs(10),
+            connect_timeout: HumanDuration::secs(DEFAULT_CONNECT_TIMEOUT.as_secs()),
+            request_timeout: HumanDuration::secs(DEFAULT_REQUEST_TIMEOUT.as_secs()),
             retry_max: HumanDuration::secs(60),
         }
     }

@@ -40,6 +40,12 @@ pub const MAX_ERROR_MESSAGE: usize = 200;
 /// Longest SAE ID accepted (it goes into a URL path).
 pub const MAX_SAE_ID_LEN: usize = 128;
 
+/// Default TCP connect plus TLS handshake limit (`[peer.etsi014]
+/// connect_timeout`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default limit from request sent to last body byte (`request_timeout`).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a [`KmeClient`] needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KmeClientConfig {

@@ -571,4 +571,37 @@ mod tests {
         );
         assert_eq!(b.peers[0].lab_export_fibre_keys, None);
     }
+
+    #[test]
+    fn etsi014_pairs_take_keys_from_their_kmes_and_serve_none() {
+        let mut opts = AgentPairOptions::new("t", "/bin/true");
+        let tls = |id: &str| TlsFiles {
+            ca: "/pki/lab-ca.pem".into(),
+            cert: format!("/pki/{id}.pem").into(),
+            key: format!("/pki/{id}.key").into(),
+        };
+        opts.etsi014 = Some(Etsi014Options {
+            kme_url: ["https://172.16.0.1:8443".into(), "https://172.16.1.1:8443".into()],
+            tls: [tls("sae-2a"), tls("sae-2b")],
+            sae_id: ["sae-2a".into(), "sae-2b".into()],
+            key_size: 256,
+            batch: 4,
+            pool_target_bytes: 512,
+            retry_max: Duration::from_secs(2),
+        });
+        let (a, b) = both(&opts);
+        let findings = pair::check_pair(&a, &b, pair::PairCredentials::default());
+        assert!(
+            findings.is_empty(),
+            "{:?}",
+            findings.iter().map(|f| f.render()).collect::<Vec<_>>()
+        );
+        let (ea, eb) = (
+            a.peers[0].etsi014.as_ref().expect("gw-a's etsi014"),
+            b.peers[0].etsi014.as_ref().expect("gw-b's etsi014"),
+        );
+        assert_eq!(ea.sae_id, "sae-2a");
+        assert_eq!(eb.peer_sae_id, "sae-2a");
+        assert_eq!(eb.kme_url, "https://172.16.1.1:8443");
+    }
 }
