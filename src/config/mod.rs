@@ -57,6 +57,7 @@ mod document;
 pub mod error_cases;
 pub mod forecast;
 mod gateway;
+mod kme;
 mod lifetime;
 mod link;
 pub mod pair;
@@ -76,6 +77,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use gateway::{Gateway, GatewaySection, OnStop, OwnershipSection};
+pub use kme::{Kme, KmeSection, SaeSection};
 pub use lifetime::{LifetimeSection, MAX_PACKETS_WITHOUT_ESN};
 pub use link::{LinkKind, LinkSection, PostprocessingSection};
 pub use peer::{ChannelSection, Peer, PeerSection, QkdRole};
@@ -173,7 +175,16 @@ pub struct ConfigFile {
     /// IPsec tunnels keyed from those links; one `[[tunnel]]` each.
     #[serde(default)]
     pub tunnel: Vec<TunnelSection>,
+    /// The ETSI GS QKD 014 key service for local applications, served on
+    /// `gateway.kme_listen`; off when absent.
+    ///
+    /// Example: `[kme]` then `ca = "/etc/qkd-ipsec/kme/sae-ca.pem"`
+    #[serde(default)]
+    pub kme: Option<KmeSection>,
 }
+
+/// What [`ConfigFile::validate`] builds.
+type Checked = (Gateway, Vec<Peer>, Vec<Tunnel>, Option<Kme>);
 
 /// A checked configuration.
 #[derive(Debug, Clone)]
@@ -183,6 +194,8 @@ pub struct Config {
     pub gateway: Gateway,
     pub peers: Vec<Peer>,
     pub tunnels: Vec<Tunnel>,
+    /// The KME for local applications, when `gateway.kme_listen` is set.
+    pub kme: Option<Kme>,
     /// Legal but probably unwanted settings (printed by `check-config`,
     /// logged by the agent at start).
     pub warnings: Vec<Finding>,
@@ -276,11 +289,12 @@ impl Config {
         }
         document::sort_by_location(&mut errors);
         match config {
-            Some((gateway, peers, tunnels)) if errors.is_empty() => Ok(Config {
+            Some((gateway, peers, tunnels, kme)) if errors.is_empty() => Ok(Config {
                 file: file.to_path_buf(),
                 gateway,
                 peers,
                 tunnels,
+                kme,
                 warnings,
                 positions: locator,
             }),
@@ -315,8 +329,9 @@ impl Config {
 impl ConfigFile {
     /// Checks every section and builds the typed values; `None` when any
     /// section could not be built (its problems are in `f`).
-    fn validate(self, base: &Path, f: &mut Findings) -> Option<(Gateway, Vec<Peer>, Vec<Tunnel>)> {
+    fn validate(self, base: &Path, f: &mut Findings) -> Option<Checked> {
         let (gateway_name, listen) = (self.gateway.name.clone(), self.gateway.listen);
+        let kme_listen = self.gateway.kme_listen;
         let gateway = self.gateway.validate(base, f);
         let peer_roles: Vec<(String, Option<crate::keys::Role>)> = self
             .peer
@@ -330,6 +345,27 @@ impl ConfigFile {
             .map(|(i, p)| p.validate(&format!("peer[{i}]"), base, f))
             .collect();
         peer::check_peer_set(&peers, gateway_name.as_deref(), listen, f);
+        let kme = match (kme_listen, self.kme) {
+            (Some(addr), Some(k)) => Some(k.validate(addr, gateway_name.as_deref(), &peers, base, f)),
+            (Some(_), None) => {
+                f.error(
+                    "gateway.kme_listen",
+                    "the KME needs a [kme] section (CA, certificate, key and [[kme.sae]]); \
+                     add it, or remove kme_listen",
+                );
+                Some(None)
+            }
+            (None, Some(_)) => {
+                f.warn("kme", "[kme] is configured but gateway.kme_listen is not: the KME is off");
+                None
+            }
+            (None, None) => None,
+        };
+        if kme.is_none()
+            && let Some(i) = peers.iter().position(|p| p.as_ref().is_some_and(|p| !p.saes.is_empty()))
+        {
+            f.warn(format!("peer[{i}].saes"), "SAEs are listed but the KME is off (no gateway.kme_listen)");
+        }
         let ownership = gateway.as_ref().map(|g| &g.ownership);
         let tunnels: Vec<Option<Tunnel>> = self
             .tunnel
@@ -349,6 +385,10 @@ impl ConfigFile {
         if let Some(p) = &peers {
             forecast::check_supply(p, tunnels.as_deref().unwrap_or(&[]), f);
         }
-        Some((gateway?, peers?, tunnels?))
+        let kme = match kme {
+            Some(k) => Some(k?),
+            None => None,
+        };
+        Some((gateway?, peers?, tunnels?, kme))
     }
 }
