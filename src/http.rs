@@ -98,13 +98,19 @@ pub async fn read_body(body: Incoming, limits: &HttpLimits) -> Result<Bytes, Bod
     match tokio::time::timeout(limits.body_timeout, collect).await {
         Err(_) => Err(BodyError::Timeout(limits.body_timeout)),
         Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge { max }),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(BodyError::TooLarge { max })
+        }
         Ok(Err(_)) => Err(BodyError::Broken),
     }
 }
 
 /// A response with a body of `content_type`.
-pub fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ResponseBody> {
+pub fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<ResponseBody> {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut()
@@ -226,7 +232,8 @@ impl Connection {
             };
             return self.http(TokioIo::new(stream), caller, service).await;
         };
-        let tls = match tokio::time::timeout(self.limits.head_timeout, acceptor.accept(stream)).await
+        let tls = match tokio::time::timeout(self.limits.head_timeout, acceptor.accept(stream))
+            .await
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

@@ -1,5 +1,6 @@
-//! The control stream's envelope: pool agreement and per-tunnel rekey
-//! messages share the peer channel's authenticated control stream.
+//! The control stream's envelope: pool agreement, per-tunnel rekey
+//! messages and the KMEs' application keys share the peer channel's
+//! authenticated control stream.
 //!
 //! Layout: one kind byte, then the kind's fields. Rekey messages name their
 //! tunnel (the tunnel's configured name, identical on both gateways) and
@@ -8,6 +9,7 @@
 //! counts and drops.
 
 use crate::keys::{AgreementCheck, PoolSummary};
+use crate::kme::{AppKeys, AppKeysAck};
 use crate::qkd::wire::{WireError, WireReader, WireWriter};
 
 /// Longest tunnel name carried on the wire (config names are shorter).
@@ -20,6 +22,10 @@ const MAX_SUMMARY: usize = 1 << 20;
 const KIND_SUMMARY: u8 = 1;
 const KIND_CHECK: u8 = 2;
 const KIND_REKEY: u8 = 3;
+/// Kinds 4 and 5 are the KME's ([`crate::kme`]); 6 and up belong to other
+/// key sources.
+const KIND_APP_KEYS: u8 = 4;
+const KIND_APP_KEYS_ACK: u8 = 5;
 
 pub enum ControlMessage {
     /// "This is what I hold": the first half of the reconnect agreement.
@@ -28,6 +34,10 @@ pub enum ControlMessage {
     PoolCheck(AgreementCheck),
     /// A rekey-engine message for one tunnel.
     Rekey { tunnel: String, payload: Vec<u8> },
+    /// Keys the sender's KME gave a local master SAE, for a slave SAE here.
+    AppKeys(AppKeys),
+    /// The answer to an [`ControlMessage::AppKeys`].
+    AppKeysAck(AppKeysAck),
 }
 
 impl ControlMessage {
@@ -43,6 +53,8 @@ impl ControlMessage {
             ControlMessage::Rekey { tunnel, payload } => {
                 w.u8(KIND_REKEY).bytes(tunnel.as_bytes()).bytes(payload);
             }
+            ControlMessage::AppKeys(m) => m.encode(w.u8(KIND_APP_KEYS)),
+            ControlMessage::AppKeysAck(a) => a.encode(w.u8(KIND_APP_KEYS_ACK)),
         }
         w.finish()
     }
@@ -62,6 +74,8 @@ impl ControlMessage {
                 let payload = r.bytes("rekey payload", MAX_REKEY_PAYLOAD)?.to_vec();
                 ControlMessage::Rekey { tunnel, payload }
             }
+            KIND_APP_KEYS => ControlMessage::AppKeys(AppKeys::decode(&mut r)?),
+            KIND_APP_KEYS_ACK => ControlMessage::AppKeysAck(AppKeysAck::decode(&mut r)?),
             _ => return Err(WireError::Invalid("control kind")),
         };
         r.finish()?;
@@ -94,5 +108,43 @@ mod tests {
         let mut long = vec![KIND_REKEY];
         long.extend_from_slice(&(1000u32).to_le_bytes());
         assert!(ControlMessage::decode(&long).is_err());
+    }
+
+    #[test]
+    fn app_keys_travel_as_kinds_4_and_5() {
+        let mut pool = crate::keys::KeyPool::new(crate::keys::Role::Receiver);
+        pool.append(
+            crate::keys::BlockId(1),
+            crate::secret::SecretBytes::from_slice(&[3; 128]),
+        )
+        .unwrap();
+        let (key_ref, _) = pool.take(crate::keys::KeyUse::Application, 32).unwrap();
+        let m = AppKeys {
+            request: 9,
+            master_sae: "sae-a".into(),
+            slave_sae: "sae-b".into(),
+            key_bytes: 32,
+            key_ids: vec![uuid::Uuid::new_v4()],
+            refs: vec![key_ref],
+        };
+        let bytes = ControlMessage::AppKeys(m.clone()).encode();
+        assert_eq!(bytes[0], 4);
+        match ControlMessage::decode(&bytes).unwrap() {
+            ControlMessage::AppKeys(got) => assert_eq!(got, m),
+            _ => panic!("kind changed"),
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(ControlMessage::decode(&trailing).is_err());
+        let ack = AppKeysAck {
+            request: 9,
+            outcome: crate::kme::AckOutcome::PendingFull,
+        };
+        let bytes = ControlMessage::AppKeysAck(ack).encode();
+        assert_eq!(bytes[0], 5);
+        assert!(
+            matches!(ControlMessage::decode(&bytes).unwrap(), ControlMessage::AppKeysAck(a) if a == ack)
+        );
+        assert!(ControlMessage::decode(&[6]).is_err(), "kind 6 is not ours");
     }
 }

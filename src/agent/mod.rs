@@ -10,10 +10,13 @@
 //!   channel-key switches) and a [`qkd_task::QkdTask`] (the QKD link);
 //! * per tunnel: a tunnel task driving its rekey engine;
 //! * one XFRM event listener dispatching expiries and acquires by reqid;
-//! * the status socket, metrics and the systemd watchdog.
+//! * the status socket, metrics and the systemd watchdog;
+//! * when configured, the ETSI 014 KME for local applications, whose keys
+//!   come from the peers' pools ([`app_keys`]).
 //!
 //! This module wires; it holds no protocol logic of its own.
 
+mod app_keys;
 pub mod control;
 mod kernel_events;
 mod peer_status;

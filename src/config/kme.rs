@@ -146,11 +146,18 @@ impl KmeSection {
         let sizes_ok = self.check_sizes(f);
         let mut file = |field: &str, p: &Option<PathBuf>| {
             if p.is_none() {
-                f.error(format!("kme.{field}"), "missing; the KME serves mutual TLS only: set ca, cert and key");
+                f.error(
+                    format!("kme.{field}"),
+                    "missing; the KME serves mutual TLS only: set ca, cert and key",
+                );
             }
             p.as_deref().map(|p| anchor(base, p))
         };
-        let (ca, cert, key) = (file("ca", &self.ca), file("cert", &self.cert), file("key", &self.key));
+        let (ca, cert, key) = (
+            file("ca", &self.ca),
+            file("cert", &self.cert),
+            file("key", &self.key),
+        );
         let kme_id = self.kme_id.clone().or(gateway_name.map(str::to_owned));
         if let Some(id) = &self.kme_id
             && let Err(why) = check_name(id)
@@ -163,7 +170,11 @@ impl KmeSection {
         }
         Some(Kme {
             listen,
-            tls: TlsFiles { ca: ca?, cert: cert?, key: key? },
+            tls: TlsFiles {
+                ca: ca?,
+                cert: cert?,
+                key: key?,
+            },
             settings: KmeSettings {
                 kme_id: kme_id?,
                 key_size: self.key_size,
@@ -188,25 +199,45 @@ impl KmeSection {
             ("max_key_size", self.max_key_size),
         ] {
             if v == 0 || !v.is_multiple_of(8) || v > MAX_KEY_BITS {
-                bad(field, format!("{v} bits; a key size is a multiple of 8 in 8..={MAX_KEY_BITS}"));
+                bad(
+                    field,
+                    format!("{v} bits; a key size is a multiple of 8 in 8..={MAX_KEY_BITS}"),
+                );
             }
         }
         if self.min_key_size > self.max_key_size {
-            bad("min_key_size", format!("{} is above max_key_size = {}", self.min_key_size, self.max_key_size));
+            bad(
+                "min_key_size",
+                format!(
+                    "{} is above max_key_size = {}",
+                    self.min_key_size, self.max_key_size
+                ),
+            );
         } else if !(self.min_key_size..=self.max_key_size).contains(&self.key_size) {
             bad(
                 "key_size",
-                format!("{} is outside min_key_size..=max_key_size ({}..={})", self.key_size, self.min_key_size, self.max_key_size),
+                format!(
+                    "{} is outside min_key_size..=max_key_size ({}..={})",
+                    self.key_size, self.min_key_size, self.max_key_size
+                ),
             );
         }
-        if self.max_key_per_request == 0 || self.max_key_per_request as usize > MAX_KEYS_PER_DOCUMENT {
+        if self.max_key_per_request == 0
+            || self.max_key_per_request as usize > MAX_KEYS_PER_DOCUMENT
+        {
             bad(
                 "max_key_per_request",
-                format!("{}; allowed 1..={MAX_KEYS_PER_DOCUMENT}", self.max_key_per_request),
+                format!(
+                    "{}; allowed 1..={MAX_KEYS_PER_DOCUMENT}",
+                    self.max_key_per_request
+                ),
             );
         }
         if self.max_pending_keys == 0 || self.max_pending_keys > MAX_PENDING_LIMIT {
-            bad("max_pending_keys", format!("{}; allowed 1..={MAX_PENDING_LIMIT}", self.max_pending_keys));
+            bad(
+                "max_pending_keys",
+                format!("{}; allowed 1..={MAX_PENDING_LIMIT}", self.max_pending_keys),
+            );
         }
         ok
     }
@@ -214,7 +245,11 @@ impl KmeSection {
 
 /// The SAE map: local SAEs name known peers, no SAE sits behind two
 /// peers, and no SAE is both local and remote.
-fn directory(saes: &[SaeSection], peers: &[Option<Peer>], f: &mut Findings) -> Option<SaeDirectory> {
+fn directory(
+    saes: &[SaeSection],
+    peers: &[Option<Peer>],
+    f: &mut Findings,
+) -> Option<SaeDirectory> {
     let mut d = SaeDirectory::new();
     let mut ok = true;
     let mut remote: Vec<(&str, usize)> = Vec::new();
@@ -227,7 +262,10 @@ fn directory(saes: &[SaeSection], peers: &[Option<Peer>], f: &mut Findings) -> O
                 f.error(path, why);
             } else if let Some((_, k)) = remote.iter().find(|(r, _)| r == s) {
                 ok = false;
-                f.error(path, format!("{s:?} is also listed under peer[{k}]; an SAE sits behind one peer"));
+                f.error(
+                    path,
+                    format!("{s:?} is also listed under peer[{k}]; an SAE sits behind one peer"),
+                );
             } else {
                 remote.push((s, i));
             }
@@ -239,7 +277,10 @@ fn directory(saes: &[SaeSection], peers: &[Option<Peer>], f: &mut Findings) -> O
         let prefix = format!("kme.sae[{i}]");
         let Some(id) = &s.id else {
             ok = false;
-            f.error(format!("{prefix}.id"), "missing; the SAE's ID is its client certificate's CN, e.g. id = \"sae-a\"");
+            f.error(
+                format!("{prefix}.id"),
+                "missing; the SAE's ID is its client certificate's CN, e.g. id = \"sae-a\"",
+            );
             continue;
         };
         if let Err(why) = check_name(id) {
@@ -247,20 +288,34 @@ fn directory(saes: &[SaeSection], peers: &[Option<Peer>], f: &mut Findings) -> O
             f.error(format!("{prefix}.id"), why);
         } else if local.contains(&id.as_str()) {
             ok = false;
-            f.error(format!("{prefix}.id"), format!("{id:?} has two [[kme.sae]] sections"));
+            f.error(
+                format!("{prefix}.id"),
+                format!("{id:?} has two [[kme.sae]] sections"),
+            );
         } else if let Some((_, k)) = remote.iter().find(|(r, _)| *r == id) {
             ok = false;
-            f.error(format!("{prefix}.id"), format!("{id:?} is also listed in peer[{k}].saes; a local SAE is not behind a peer"));
+            f.error(
+                format!("{prefix}.id"),
+                format!(
+                    "{id:?} is also listed in peer[{k}].saes; a local SAE is not behind a peer"
+                ),
+            );
         }
         local.push(id);
         for (j, name) in s.peers.iter().enumerate() {
             if !peers.iter().flatten().any(|p| &p.name == name) {
                 ok = false;
-                f.error(format!("{prefix}.peers[{j}]"), format!("{name:?} names no [[peer]]"));
+                f.error(
+                    format!("{prefix}.peers[{j}]"),
+                    format!("{name:?} names no [[peer]]"),
+                );
             }
         }
         if s.peers.is_empty() {
-            f.warn(format!("{prefix}.peers"), format!("SAE {id:?} may get no peer's keys: every request it makes gets 401"));
+            f.warn(
+                format!("{prefix}.peers"),
+                format!("SAE {id:?} may get no peer's keys: every request it makes gets 401"),
+            );
         }
         d.add_local(id, &s.peers);
     }
@@ -289,8 +344,16 @@ peers = ["gw-b"]
     /// VALID_BASE with the KME on, edited by `(find, replace)` pairs.
     fn with_kme(edits: &[(&str, &str)]) -> String {
         let mut t = VALID_BASE
-            .replacen("name = \"gw-a\"\n", "name = \"gw-a\"\nkme_listen = \"127.0.0.1:8443\"\n", 1)
-            .replacen("role = \"transmitter\"\n", "role = \"transmitter\"\nsaes = [\"sae-b\"]\n", 1)
+            .replacen(
+                "name = \"gw-a\"\n",
+                "name = \"gw-a\"\nkme_listen = \"127.0.0.1:8443\"\n",
+                1,
+            )
+            .replacen(
+                "role = \"transmitter\"\n",
+                "role = \"transmitter\"\nsaes = [\"sae-b\"]\n",
+                1,
+            )
             + KME;
         for (a, b) in edits {
             assert!(t.contains(a), "{a:?}");
@@ -307,7 +370,9 @@ peers = ["gw-b"]
     }
 
     fn has(found: &[Finding], path: &str, fragment: &str) -> bool {
-        found.iter().any(|f| f.path == path && f.message.contains(fragment) && f.location.is_some())
+        found
+            .iter()
+            .any(|f| f.path == path && f.message.contains(fragment) && f.location.is_some())
     }
 
     #[test]
@@ -317,26 +382,76 @@ peers = ["gw-b"]
         assert_eq!(k.listen.to_string(), "127.0.0.1:8443");
         assert_eq!(k.tls.key, Path::new("/etc/qkd-ipsec/kme/kme.key"));
         let s = &k.settings;
-        assert_eq!((s.kme_id.as_str(), s.key_size, s.max_key_per_request), ("kme-a", 256, 128));
-        assert_eq!((s.min_key_size, s.max_key_size, s.max_pending_keys), (64, 8192, 4096));
+        assert_eq!(
+            (s.kme_id.as_str(), s.key_size, s.max_key_per_request),
+            ("kme-a", 256, 128)
+        );
+        assert_eq!(
+            (s.min_key_size, s.max_key_size, s.max_pending_keys),
+            (64, 8192, 4096)
+        );
         assert_eq!(s.directory.peer_between("sae-a", "sae-b"), Some("gw-b"));
-        assert_eq!(s.directory.kme_id_of("gw-b"), Some("gw-b"), "defaults to the peer's name");
+        assert_eq!(
+            s.directory.kme_id_of("gw-b"),
+            Some("gw-b"),
+            "defaults to the peer's name"
+        );
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
     fn kme_mistakes_are_refused_with_their_path() {
-        let no_section = VALID_BASE.replacen("name = \"gw-a\"\n", "name = \"gw-a\"\nkme_listen = \"127.0.0.1:8443\"\n", 1);
-        assert!(has(&errors(&no_section), "gateway.kme_listen", "needs a [kme] section"));
+        let no_section = VALID_BASE.replacen(
+            "name = \"gw-a\"\n",
+            "name = \"gw-a\"\nkme_listen = \"127.0.0.1:8443\"\n",
+            1,
+        );
+        assert!(has(
+            &errors(&no_section),
+            "gateway.kme_listen",
+            "needs a [kme] section"
+        ));
         let cases: [(&[(&str, &str)], &str, &str); 8] = [
-            (&[("peers = [\"gw-b\"]", "peers = [\"gw-z\"]")], "kme.sae[0].peers[0]", "names no [[peer]]"),
-            (&[("[kme]\n", "[kme]\nkey_size = 100\n")], "kme.key_size", "multiple of 8"),
-            (&[("[kme]\n", "[kme]\nmin_key_size = 512\nmax_key_size = 256\n")], "kme.min_key_size", "above max_key_size"),
-            (&[("[kme]\n", "[kme]\nmax_key_size = 131072\n")], "kme.max_key_size", "multiple of 8"),
-            (&[("[kme]\n", "[kme]\nmax_key_per_request = 5000\n")], "kme.max_key_per_request", "1..=1024"),
-            (&[("[kme]\n", "[kme]\nmax_pending_keys = 0\n")], "kme.max_pending_keys", "allowed"),
-            (&[("id = \"sae-a\"", "id = \"sae-b\"")], "kme.sae[0].id", "also listed in peer[0].saes"),
-            (&[("key = \"kme/kme.key\"\n", "")], "kme.key", "mutual TLS only"),
+            (
+                &[("peers = [\"gw-b\"]", "peers = [\"gw-z\"]")],
+                "kme.sae[0].peers[0]",
+                "names no [[peer]]",
+            ),
+            (
+                &[("[kme]\n", "[kme]\nkey_size = 100\n")],
+                "kme.key_size",
+                "multiple of 8",
+            ),
+            (
+                &[("[kme]\n", "[kme]\nmin_key_size = 512\nmax_key_size = 256\n")],
+                "kme.min_key_size",
+                "above max_key_size",
+            ),
+            (
+                &[("[kme]\n", "[kme]\nmax_key_size = 131072\n")],
+                "kme.max_key_size",
+                "multiple of 8",
+            ),
+            (
+                &[("[kme]\n", "[kme]\nmax_key_per_request = 5000\n")],
+                "kme.max_key_per_request",
+                "1..=1024",
+            ),
+            (
+                &[("[kme]\n", "[kme]\nmax_pending_keys = 0\n")],
+                "kme.max_pending_keys",
+                "allowed",
+            ),
+            (
+                &[("id = \"sae-a\"", "id = \"sae-b\"")],
+                "kme.sae[0].id",
+                "also listed in peer[0].saes",
+            ),
+            (
+                &[("key = \"kme/kme.key\"\n", "")],
+                "kme.key",
+                "mutual TLS only",
+            ),
         ];
         for (edits, path, fragment) in cases {
             let found = errors(&with_kme(edits));
@@ -358,14 +473,23 @@ kind = "simulated"
 "#;
         let text = with_kme(&[("[[tunnel]]", &format!("{second_peer}\n[[tunnel]]"))]);
         let found = errors(&text);
-        assert!(has(&found, "peer[1].saes[0]", "also listed under peer[0]"), "{found:#?}");
+        assert!(
+            has(&found, "peer[1].saes[0]", "also listed under peer[0]"),
+            "{found:#?}"
+        );
     }
 
     #[test]
     fn unknown_fields_are_refused() {
         let found = errors(&with_kme(&[("[kme]\n", "[kme]\nkeysize = 256\n")]));
         assert!(found.iter().any(|f| f.path == "kme.keysize"), "{found:#?}");
-        let found = errors(&with_kme(&[("id = \"sae-a\"", "id = \"sae-a\"\nname = \"x\"")]));
-        assert!(found.iter().any(|f| f.path == "kme.sae[0].name"), "{found:#?}");
+        let found = errors(&with_kme(&[(
+            "id = \"sae-a\"",
+            "id = \"sae-a\"\nname = \"x\"",
+        )]));
+        assert!(
+            found.iter().any(|f| f.path == "kme.sae[0].name"),
+            "{found:#?}"
+        );
     }
 }

@@ -346,7 +346,9 @@ impl ConfigFile {
             .collect();
         peer::check_peer_set(&peers, gateway_name.as_deref(), listen, f);
         let kme = match (kme_listen, self.kme) {
-            (Some(addr), Some(k)) => Some(k.validate(addr, gateway_name.as_deref(), &peers, base, f)),
+            (Some(addr), Some(k)) => {
+                Some(k.validate(addr, gateway_name.as_deref(), &peers, base, f))
+            }
             (Some(_), None) => {
                 f.error(
                     "gateway.kme_listen",
@@ -356,15 +358,23 @@ impl ConfigFile {
                 Some(None)
             }
             (None, Some(_)) => {
-                f.warn("kme", "[kme] is configured but gateway.kme_listen is not: the KME is off");
+                f.warn(
+                    "kme",
+                    "[kme] is configured but gateway.kme_listen is not: the KME is off",
+                );
                 None
             }
             (None, None) => None,
         };
         if kme.is_none()
-            && let Some(i) = peers.iter().position(|p| p.as_ref().is_some_and(|p| !p.saes.is_empty()))
+            && let Some(i) = peers
+                .iter()
+                .position(|p| p.as_ref().is_some_and(|p| !p.saes.is_empty()))
         {
-            f.warn(format!("peer[{i}].saes"), "SAEs are listed but the KME is off (no gateway.kme_listen)");
+            f.warn(
+                format!("peer[{i}].saes"),
+                "SAEs are listed but the KME is off (no gateway.kme_listen)",
+            );
         }
         let ownership = gateway.as_ref().map(|g| &g.ownership);
         let tunnels: Vec<Option<Tunnel>> = self

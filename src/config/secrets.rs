@@ -149,9 +149,15 @@ impl Config {
             );
         }
         if let Some(kme) = &self.kme {
-            check("kme.key".into(), &SecretLocation::File(kme.tls.key.clone()), &|len| {
-                (len == 0).then(|| "empty; it must hold the KME certificate's PEM private key".to_string())
-            });
+            check(
+                "kme.key".into(),
+                &SecretLocation::File(kme.tls.key.clone()),
+                &|len| {
+                    (len == 0).then(|| {
+                        "empty; it must hold the KME certificate's PEM private key".to_string()
+                    })
+                },
+            );
         }
         (ok, self.locate(bad))
     }

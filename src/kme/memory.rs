@@ -47,7 +47,9 @@ impl MemoryKeyService {
 
     fn draw(&self, bytes: u64) -> Result<(), ServiceError> {
         self.budget
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(bytes))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_sub(bytes)
+            })
             .map(|_| ())
             .map_err(|available_bytes| ServiceError::NotEnoughKey { available_bytes })
     }
@@ -84,6 +86,9 @@ impl KeyService for MemoryKeyService {
             .own
             .take_all(&req.master, &req.slave, &req.key_ids)
             .map_err(|_| ServiceError::UnknownKeyIds)?;
-        Ok(keys.into_iter().map(|(id, k)| KeyItem::new(id, k)).collect())
+        Ok(keys
+            .into_iter()
+            .map(|(id, k)| KeyItem::new(id, k))
+            .collect())
     }
 }

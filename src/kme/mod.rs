@@ -42,6 +42,8 @@ mod server_tests;
 pub use directory::{KmeSettings, SaeDirectory};
 pub use memory::MemoryKeyService;
 pub use pending::{PendingError, PendingTable};
-pub use server::{KME_LIMITS, KmeServer};
-pub use service::{DecRequest, DeliveryLog, EncRequest, KeyService, KeySupply, NoLog, ServiceError};
+pub use server::{KME_LIMITS, KmeServer, KmeStartError};
+pub use service::{
+    DecRequest, DeliveryLog, EncRequest, KeyService, KeySupply, NoLog, ServiceError,
+};
 pub use wire::{AckOutcome, AppKeys, AppKeysAck, MAX_APP_KEYS, MAX_APP_REFS};

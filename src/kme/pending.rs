@@ -141,8 +141,14 @@ mod tests {
         t.insert_all("sae-a", "sae-b", vec![(a, key(1)), (b, key(2))])
             .unwrap();
         // Another pair, or another slave, gets nothing and changes nothing.
-        assert_eq!(t.take_all("sae-x", "sae-b", &[a]).err(), Some(PendingError::Unknown));
-        assert_eq!(t.take_all("sae-a", "sae-x", &[a]).err(), Some(PendingError::Unknown));
+        assert_eq!(
+            t.take_all("sae-x", "sae-b", &[a]).err(),
+            Some(PendingError::Unknown)
+        );
+        assert_eq!(
+            t.take_all("sae-a", "sae-x", &[a]).err(),
+            Some(PendingError::Unknown)
+        );
         // All or nothing.
         let unknown = Uuid::new_v4();
         assert!(t.take_all("sae-a", "sae-b", &[a, unknown]).is_err());
@@ -152,7 +158,10 @@ mod tests {
         assert_eq!(got[0].0, b);
         assert_eq!(got[0].1.expose(), &[2; 32]);
         assert_eq!(got[1].1.expose(), &[1; 32]);
-        assert_eq!(t.take_all("sae-a", "sae-b", &[a]).err(), Some(PendingError::Unknown));
+        assert_eq!(
+            t.take_all("sae-a", "sae-b", &[a]).err(),
+            Some(PendingError::Unknown)
+        );
         assert!(t.is_empty());
     }
 

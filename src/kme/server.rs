@@ -284,7 +284,12 @@ async fn serve<S: KeyService>(
     }
 }
 
-fn status<S: KeyService>(st: &State<S>, who: &str, other: &str, peer: &str) -> Response<ResponseBody> {
+fn status<S: KeyService>(
+    st: &State<S>,
+    who: &str,
+    other: &str,
+    peer: &str,
+) -> Response<ResponseBody> {
     let s = &st.settings;
     let supply = st.service.supply(peer);
     let per_key = u64::from(s.key_size / 8).max(1);
@@ -326,10 +331,13 @@ async fn enc_keys<S: KeyService>(
         .await
         .map_err(|e| service_refusal(e, checked.size_bits))?;
     st.log.enc_keys(who, keys.len() as u64);
-    Ok(json(StatusCode::OK, &KeyContainer {
-        keys,
-        key_container_extension: None,
-    }))
+    Ok(json(
+        StatusCode::OK,
+        &KeyContainer {
+            keys,
+            key_container_extension: None,
+        },
+    ))
 }
 
 async fn dec_keys<S: KeyService>(
@@ -352,10 +360,13 @@ async fn dec_keys<S: KeyService>(
         .await
         .map_err(|e| service_refusal(e, st.settings.key_size))?;
     st.log.dec_keys(who, keys.len() as u64);
-    Ok(json(StatusCode::OK, &KeyContainer {
-        keys,
-        key_container_extension: None,
-    }))
+    Ok(json(
+        StatusCode::OK,
+        &KeyContainer {
+            keys,
+            key_container_extension: None,
+        },
+    ))
 }
 
 fn service_refusal(e: ServiceError, size_bits: u32) -> Refusal {
@@ -376,10 +387,7 @@ fn service_refusal(e: ServiceError, size_bits: u32) -> Refusal {
 }
 
 /// `a=1&b=2`: every name at most once, only `allowed` names.
-fn query_pairs<'q>(
-    query: &'q str,
-    allowed: &[&str],
-) -> Result<Vec<(&'q str, &'q str)>, Refusal> {
+fn query_pairs<'q>(query: &'q str, allowed: &[&str]) -> Result<Vec<(&'q str, &'q str)>, Refusal> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -416,8 +424,8 @@ fn dec_query(query: &str) -> Result<KeyIds, Refusal> {
     let Some((_, v)) = pairs.first() else {
         return Err(Refusal::bad("key_ID is required"));
     };
-    let id = uuid::Uuid::parse_str(v)
-        .map_err(|_| Refusal::bad("key_ID must be a UUID (RFC 4122)"))?;
+    let id =
+        uuid::Uuid::parse_str(v).map_err(|_| Refusal::bad("key_ID must be a UUID (RFC 4122)"))?;
     Ok(KeyIds::new([id]))
 }
 
@@ -427,9 +435,18 @@ pub(super) mod unit {
 
     #[test]
     fn paths_and_queries() {
-        assert_eq!(parse_path("/api/v1/keys/sae-b/status"), Some(("sae-b", Endpoint::Status)));
-        assert_eq!(parse_path("/api/v1/keys/sae-b/enc_keys"), Some(("sae-b", Endpoint::EncKeys)));
-        assert_eq!(parse_path("/api/v1/keys/sae-b/dec_keys"), Some(("sae-b", Endpoint::DecKeys)));
+        assert_eq!(
+            parse_path("/api/v1/keys/sae-b/status"),
+            Some(("sae-b", Endpoint::Status))
+        );
+        assert_eq!(
+            parse_path("/api/v1/keys/sae-b/enc_keys"),
+            Some(("sae-b", Endpoint::EncKeys))
+        );
+        assert_eq!(
+            parse_path("/api/v1/keys/sae-b/dec_keys"),
+            Some(("sae-b", Endpoint::DecKeys))
+        );
         assert_eq!(parse_path("/api/v1/keys//status"), None);
         assert_eq!(parse_path("/api/v1/keys/sae-b/status/x"), None);
         assert_eq!(parse_path("/api/v2/keys/sae-b/status"), None);
@@ -441,6 +458,9 @@ pub(super) mod unit {
         assert!(dec_query("").is_err());
         assert!(dec_query("key_ID=not-a-uuid").is_err());
         let id = uuid::Uuid::new_v4();
-        assert_eq!(dec_query(&format!("key_ID={id}")).ok().unwrap().key_ids[0].key_id, id);
+        assert_eq!(
+            dec_query(&format!("key_ID={id}")).ok().unwrap().key_ids[0].key_id,
+            id
+        );
     }
 }

@@ -35,7 +35,10 @@ struct Tally(Mutex<Vec<(String, &'static str, u64)>>);
 impl Tally {
     fn total(&self, sae: &str, what: &str) -> u64 {
         let v = self.0.lock().unwrap();
-        v.iter().filter(|(s, w, _)| s == sae && *w == what).map(|t| t.2).sum()
+        v.iter()
+            .filter(|(s, w, _)| s == sae && *w == what)
+            .map(|t| t.2)
+            .sum()
     }
 }
 
@@ -93,12 +96,24 @@ impl Rig {
         let (tally_a, tally_b) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
         let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
         let any = "127.0.0.1:0".parse().unwrap();
-        let a = KmeServer::bind(any, &server, settings("kme-a", "sae-a", "gw-b", "kme-b", "sae-b"), svc_a, tally_a.clone())
-            .await
-            .unwrap();
-        let b = KmeServer::bind(any, &server, settings("kme-b", "sae-b", "gw-a", "kme-a", "sae-a"), svc_b, tally_b.clone())
-            .await
-            .unwrap();
+        let a = KmeServer::bind(
+            any,
+            &server,
+            settings("kme-a", "sae-a", "gw-b", "kme-b", "sae-b"),
+            svc_a,
+            tally_a.clone(),
+        )
+        .await
+        .unwrap();
+        let b = KmeServer::bind(
+            any,
+            &server,
+            settings("kme-b", "sae-b", "gw-a", "kme-a", "sae-a"),
+            svc_b,
+            tally_b.clone(),
+        )
+        .await
+        .unwrap();
         let (addr_a, addr_b) = (a.local_addr(), b.local_addr());
         a.spawn(&tracker, cancel.clone());
         b.spawn(&tracker, cancel.clone());
@@ -135,7 +150,9 @@ async fn call_with(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, Value), String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = crate::tls::server_name("127.0.0.1").unwrap();
     let tls = TlsConnector::from(config)
         .connect(name, tcp)
@@ -145,7 +162,10 @@ async fn call_with(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let mut req = Request::builder().method(method).uri(path).header("host", "127.0.0.1");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1");
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
@@ -155,8 +175,16 @@ async fn call_with(
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let ct = resp.headers().get("content-type").cloned();
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    assert_eq!(ct.as_ref().map(|v| v.to_str().unwrap()), Some("application/json"));
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    assert_eq!(
+        ct.as_ref().map(|v| v.to_str().unwrap()),
+        Some("application/json")
+    );
     let value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     Ok((status, value))
 }
@@ -185,7 +213,14 @@ fn key_ids(container: &Value) -> Vec<String> {
 #[tokio::test]
 async fn status_matches_the_spec_example() {
     let rig = Rig::start(32 * 100).await;
-    let (st, v) = call(&rig.sae_a, rig.a, Method::GET, "/api/v1/keys/sae-b/status", None).await;
+    let (st, v) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::GET,
+        "/api/v1/keys/sae-b/status",
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     // §6.1's example, with this KME's values.
     assert_eq!(
@@ -228,26 +263,68 @@ async fn enc_then_dec_gives_both_sides_the_same_keys_once() {
         assert_eq!(k.as_object().unwrap().len(), 2, "only key_ID and key: {k}");
     }
     // GET form (number and size as query parameters).
-    let (st, enc1) = call(&rig.sae_a, rig.a, Method::GET, "/api/v1/keys/sae-b/enc_keys?number=1", None).await;
+    let (st, enc1) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::GET,
+        "/api/v1/keys/sae-b/enc_keys?number=1",
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!(enc1["keys"][0]["key"].as_str().unwrap().len(), 44, "default 256 bits");
+    assert_eq!(
+        enc1["keys"][0]["key"].as_str().unwrap().len(),
+        44,
+        "default 256 bits"
+    );
 
     // SAE B fetches by POST (§6.4) and by GET (key_ID).
     let body = json!({"key_IDs": [{"key_ID": ids[0]}, {"key_ID": ids[1]}]});
-    let (st, dec) = call(&rig.sae_b, rig.b, Method::POST, "/api/v1/keys/sae-a/dec_keys", Some(body.clone())).await;
+    let (st, dec) = call(
+        &rig.sae_b,
+        rig.b,
+        Method::POST,
+        "/api/v1/keys/sae-a/dec_keys",
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{dec}");
     assert_eq!(dec["keys"], enc["keys"], "same IDs, same bytes, same order");
     let id1 = key_ids(&enc1).remove(0);
-    let (st, dec1) = call(&rig.sae_b, rig.b, Method::GET, &format!("/api/v1/keys/sae-a/dec_keys?key_ID={id1}"), None).await;
+    let (st, dec1) = call(
+        &rig.sae_b,
+        rig.b,
+        Method::GET,
+        &format!("/api/v1/keys/sae-a/dec_keys?key_ID={id1}"),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(dec1["keys"], enc1["keys"]);
 
     // Delivered once: a second fetch is refused (400, §7 "Bad request
     // format": the key_IDs name no key this KME holds for the pair).
-    let (st, again) = call(&rig.sae_b, rig.b, Method::POST, "/api/v1/keys/sae-a/dec_keys", Some(body)).await;
+    let (st, again) = call(
+        &rig.sae_b,
+        rig.b,
+        Method::POST,
+        "/api/v1/keys/sae-a/dec_keys",
+        Some(body),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    assert!(again["message"].as_str().unwrap().contains("already delivered"), "{again}");
-    assert!(!again.to_string().contains(enc["keys"][0]["key"].as_str().unwrap()));
+    assert!(
+        again["message"]
+            .as_str()
+            .unwrap()
+            .contains("already delivered"),
+        "{again}"
+    );
+    assert!(
+        !again
+            .to_string()
+            .contains(enc["keys"][0]["key"].as_str().unwrap())
+    );
 
     assert_eq!(rig.tally_a.total("sae-a", "enc"), 3);
     assert_eq!(rig.tally_b.total("sae-b", "dec"), 3);
@@ -260,25 +337,96 @@ async fn bad_requests_get_400_with_an_error_body() {
     let rig = Rig::start(4096).await;
     let enc = "/api/v1/keys/sae-b/enc_keys";
     let cases: Vec<(Method, &str, Option<Vec<u8>>, &str)> = vec![
-        (Method::GET, "/api/v1/keys/sae-b/enc_keys?size=100", None, "size"),
-        (Method::GET, "/api/v1/keys/sae-b/enc_keys?size=2048", None, "size"),
-        (Method::GET, "/api/v1/keys/sae-b/enc_keys?size=32", None, "size"),
-        (Method::GET, "/api/v1/keys/sae-b/enc_keys?number=9", None, "number"),
-        (Method::GET, "/api/v1/keys/sae-b/enc_keys?number=0", None, "number"),
-        (Method::GET, "/api/v1/keys/sae-b/enc_keys?bogus=1", None, "bogus"),
-        (Method::POST, enc, Some(b"{\"number\": ".to_vec()), "malformed JSON"),
-        (Method::POST, enc, Some(b"[1,2,3]".to_vec()), "malformed JSON"),
-        (Method::POST, enc, Some(br#"{"number":"x"}"#.to_vec()), "malformed JSON"),
-        (Method::POST, enc, Some(br#"{"additional_slave_SAE_IDs":["sae-z"]}"#.to_vec()), "multicast"),
-        (Method::POST, enc, Some(vec![b' '; KME_LIMITS.max_body_bytes + 1]), "larger than"),
+        (
+            Method::GET,
+            "/api/v1/keys/sae-b/enc_keys?size=100",
+            None,
+            "size",
+        ),
+        (
+            Method::GET,
+            "/api/v1/keys/sae-b/enc_keys?size=2048",
+            None,
+            "size",
+        ),
+        (
+            Method::GET,
+            "/api/v1/keys/sae-b/enc_keys?size=32",
+            None,
+            "size",
+        ),
+        (
+            Method::GET,
+            "/api/v1/keys/sae-b/enc_keys?number=9",
+            None,
+            "number",
+        ),
+        (
+            Method::GET,
+            "/api/v1/keys/sae-b/enc_keys?number=0",
+            None,
+            "number",
+        ),
+        (
+            Method::GET,
+            "/api/v1/keys/sae-b/enc_keys?bogus=1",
+            None,
+            "bogus",
+        ),
+        (
+            Method::POST,
+            enc,
+            Some(b"{\"number\": ".to_vec()),
+            "malformed JSON",
+        ),
+        (
+            Method::POST,
+            enc,
+            Some(b"[1,2,3]".to_vec()),
+            "malformed JSON",
+        ),
+        (
+            Method::POST,
+            enc,
+            Some(br#"{"number":"x"}"#.to_vec()),
+            "malformed JSON",
+        ),
+        (
+            Method::POST,
+            enc,
+            Some(br#"{"additional_slave_SAE_IDs":["sae-z"]}"#.to_vec()),
+            "multicast",
+        ),
+        (
+            Method::POST,
+            enc,
+            Some(vec![b' '; KME_LIMITS.max_body_bytes + 1]),
+            "larger than",
+        ),
         (Method::GET, "/api/v1/keys/sae-a/dec_keys", None, "key_ID"),
-        (Method::GET, "/api/v1/keys/sae-a/dec_keys?key_ID=42", None, "UUID"),
-        (Method::POST, "/api/v1/keys/sae-a/dec_keys", Some(br#"{"key_IDs":[]}"#.to_vec()), "key_IDs"),
+        (
+            Method::GET,
+            "/api/v1/keys/sae-a/dec_keys?key_ID=42",
+            None,
+            "UUID",
+        ),
+        (
+            Method::POST,
+            "/api/v1/keys/sae-a/dec_keys",
+            Some(br#"{"key_IDs":[]}"#.to_vec()),
+            "key_IDs",
+        ),
     ];
     for (method, path, body, expect) in cases {
-        let (addr, files) = if path.contains("dec_keys") { (rig.b, &rig.sae_b) } else { (rig.a, &rig.sae_a) };
+        let (addr, files) = if path.contains("dec_keys") {
+            (rig.b, &rig.sae_b)
+        } else {
+            (rig.a, &rig.sae_a)
+        };
         let cfg = crate::tls::client_config(files).unwrap();
-        let (st, v) = call_with(cfg, addr, method.clone(), path, body).await.unwrap();
+        let (st, v) = call_with(cfg, addr, method.clone(), path, body)
+            .await
+            .unwrap();
         assert_eq!(st, StatusCode::BAD_REQUEST, "{method} {path}: {v}");
         let msg = v["message"].as_str().unwrap();
         assert!(msg.contains(expect), "{method} {path}: {msg}");
@@ -293,14 +441,38 @@ async fn bad_requests_get_400_with_an_error_body() {
     )
     .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    assert_eq!(v, json!({"message": "unsupported mandatory extension", "details": [{"extension_mandatory": "abc_route_type"}]}));
+    assert_eq!(
+        v,
+        json!({"message": "unsupported mandatory extension", "details": [{"extension_mandatory": "abc_route_type"}]})
+    );
     // Optional extensions are ignored.
-    let (st, _) = call(&rig.sae_a, rig.a, Method::POST, enc, Some(json!({"extension_optional": [{"x": 1}]}))).await;
+    let (st, _) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::POST,
+        enc,
+        Some(json!({"extension_optional": [{"x": 1}]})),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     // Unknown paths and methods.
-    let (st, _) = call(&rig.sae_a, rig.a, Method::GET, "/api/v1/keys/sae-b/nothing", None).await;
+    let (st, _) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::GET,
+        "/api/v1/keys/sae-b/nothing",
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = call(&rig.sae_a, rig.a, Method::POST, "/api/v1/keys/sae-b/status", Some(json!({}))).await;
+    let (st, _) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::POST,
+        "/api/v1/keys/sae-b/status",
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
     rig.stop().await;
 }
@@ -308,7 +480,14 @@ async fn bad_requests_get_400_with_an_error_body() {
 #[tokio::test]
 async fn callers_who_may_not_get_keys_get_401_and_learn_nothing() {
     let rig = Rig::start(4096).await;
-    let (_, enc) = call(&rig.sae_a, rig.a, Method::GET, "/api/v1/keys/sae-b/enc_keys", None).await;
+    let (_, enc) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::GET,
+        "/api/v1/keys/sae-b/enc_keys",
+        None,
+    )
+    .await;
     let id = key_ids(&enc).remove(0);
     let dec_path = format!("/api/v1/keys/sae-a/dec_keys?key_ID={id}");
     let unauthorized = json!({"message": "unauthorized"});
@@ -322,7 +501,11 @@ async fn callers_who_may_not_get_keys_get_401_and_learn_nothing() {
         // SAE A's certificate at SAE B's KME, asking for SAE B's keys.
         (&rig.sae_a, rig.b, dec_path.clone()),
         // A slave SAE behind no peer.
-        (&rig.sae_a, rig.a, "/api/v1/keys/sae-zzz/enc_keys".to_owned()),
+        (
+            &rig.sae_a,
+            rig.a,
+            "/api/v1/keys/sae-zzz/enc_keys".to_owned(),
+        ),
     ] {
         let (st, v) = call(files, addr, Method::GET, &path, None).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{path}");
@@ -349,13 +532,34 @@ async fn a_client_without_a_certificate_fails_at_tls() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let r = call_with(Arc::new(config), rig.a, Method::GET, "/api/v1/keys/sae-b/status", None).await;
-    assert!(r.is_err(), "no HTTP answer without a client certificate: {r:?}");
+    let r = call_with(
+        Arc::new(config),
+        rig.a,
+        Method::GET,
+        "/api/v1/keys/sae-b/status",
+        None,
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "no HTTP answer without a client certificate: {r:?}"
+    );
     // And a client of another CA.
     let dir = tempdir("rogue");
-    let rogue = LabCa::create(&dir, "rogue-ca").unwrap().client("sae-a").unwrap();
-    let cfg = crate::tls::client_config(&TlsFiles { ca: rig.sae_a.ca.clone(), ..rogue }).unwrap();
-    assert!(call_with(cfg, rig.a, Method::GET, "/api/v1/keys/sae-b/status", None).await.is_err());
+    let rogue = LabCa::create(&dir, "rogue-ca")
+        .unwrap()
+        .client("sae-a")
+        .unwrap();
+    let cfg = crate::tls::client_config(&TlsFiles {
+        ca: rig.sae_a.ca.clone(),
+        ..rogue
+    })
+    .unwrap();
+    assert!(
+        call_with(cfg, rig.a, Method::GET, "/api/v1/keys/sae-b/status", None)
+            .await
+            .is_err()
+    );
     let _ = std::fs::remove_dir_all(dir);
     rig.stop().await;
 }
@@ -363,10 +567,27 @@ async fn a_client_without_a_certificate_fails_at_tls() {
 #[tokio::test]
 async fn an_empty_pool_gets_503() {
     let rig = Rig::start(64).await;
-    let (st, v) = call(&rig.sae_a, rig.a, Method::GET, "/api/v1/keys/sae-b/enc_keys?number=3", None).await;
+    let (st, v) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::GET,
+        "/api/v1/keys/sae-b/enc_keys?number=3",
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(v, json!({"message": "not enough key material", "details": [{"stored_key_count": 2}]}));
-    let (st, _) = call(&rig.sae_a, rig.a, Method::GET, "/api/v1/keys/sae-b/enc_keys?number=2", None).await;
+    assert_eq!(
+        v,
+        json!({"message": "not enough key material", "details": [{"stored_key_count": 2}]})
+    );
+    let (st, _) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::GET,
+        "/api/v1/keys/sae-b/enc_keys?number=2",
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     rig.stop().await;
 }
@@ -375,11 +596,31 @@ async fn an_empty_pool_gets_503() {
 async fn a_full_pending_table_at_the_slave_kme_gets_503() {
     let rig = Rig::start(1 << 20).await;
     for _ in 0..2 {
-        let (st, _) = call(&rig.sae_a, rig.a, Method::GET, "/api/v1/keys/sae-b/enc_keys?number=8", None).await;
+        let (st, _) = call(
+            &rig.sae_a,
+            rig.a,
+            Method::GET,
+            "/api/v1/keys/sae-b/enc_keys?number=8",
+            None,
+        )
+        .await;
         assert_eq!(st, StatusCode::OK);
     }
-    let (st, v) = call(&rig.sae_a, rig.a, Method::GET, "/api/v1/keys/sae-b/enc_keys", None).await;
+    let (st, v) = call(
+        &rig.sae_a,
+        rig.a,
+        Method::GET,
+        "/api/v1/keys/sae-b/enc_keys",
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(v["message"].as_str().unwrap().contains("pending-key table is full"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("pending-key table is full"),
+        "{v}"
+    );
     rig.stop().await;
 }

@@ -138,7 +138,8 @@ impl AppKeys {
         let master_sae = sae(r, "master SAE ID")?;
         let slave_sae = sae(r, "slave SAE ID")?;
         let key_bytes = r.u32("app key length")?;
-        if key_bytes == 0 || u64::from(key_bytes) * 8 > u64::from(crate::etsi014::api::MAX_KEY_BITS) {
+        if key_bytes == 0 || u64::from(key_bytes) * 8 > u64::from(crate::etsi014::api::MAX_KEY_BITS)
+        {
             return Err(WireError::Invalid("app key length"));
         }
         let n = count(r, "app key IDs", MAX_APP_KEYS)?;
@@ -190,8 +191,11 @@ mod tests {
 
     fn sample() -> AppKeys {
         let mut pool = KeyPool::new(Role::Transmitter);
-        pool.append(crate::keys::BlockId(1), SecretBytes::from_slice(&[7u8; 256]))
-            .unwrap();
+        pool.append(
+            crate::keys::BlockId(1),
+            SecretBytes::from_slice(&[7u8; 256]),
+        )
+        .unwrap();
         let (key_ref, _) = pool.take(KeyUse::Application, 64).unwrap();
         AppKeys {
             request: 42,
@@ -223,17 +227,41 @@ mod tests {
         let bytes = w.finish();
         for cut in 0..bytes.len() {
             let mut r = WireReader::new(&bytes[..cut]);
-            assert!(AppKeys::decode(&mut r).and_then(|_| r.finish()).is_err(), "cut {cut}");
+            assert!(
+                AppKeys::decode(&mut r).and_then(|_| r.finish()).is_err(),
+                "cut {cut}"
+            );
         }
         // No keys, too many keys, empty or long SAE IDs, zero-length keys.
         for bad in [
-            AppKeys { key_ids: vec![], ..m.clone() },
-            AppKeys { key_ids: vec![Uuid::nil(); MAX_APP_KEYS + 1], ..m.clone() },
-            AppKeys { master_sae: String::new(), ..m.clone() },
-            AppKeys { slave_sae: "x".repeat(MAX_SAE_ID + 1), ..m.clone() },
-            AppKeys { key_bytes: 0, ..m.clone() },
-            AppKeys { key_bytes: 1 << 20, ..m.clone() },
-            AppKeys { refs: vec![], ..m.clone() },
+            AppKeys {
+                key_ids: vec![],
+                ..m.clone()
+            },
+            AppKeys {
+                key_ids: vec![Uuid::nil(); MAX_APP_KEYS + 1],
+                ..m.clone()
+            },
+            AppKeys {
+                master_sae: String::new(),
+                ..m.clone()
+            },
+            AppKeys {
+                slave_sae: "x".repeat(MAX_SAE_ID + 1),
+                ..m.clone()
+            },
+            AppKeys {
+                key_bytes: 0,
+                ..m.clone()
+            },
+            AppKeys {
+                key_bytes: 1 << 20,
+                ..m.clone()
+            },
+            AppKeys {
+                refs: vec![],
+                ..m.clone()
+            },
         ] {
             assert!(roundtrip(&bad).is_err(), "{bad:?}");
         }
@@ -253,7 +281,10 @@ mod tests {
             AckOutcome::PoolRefused,
             AckOutcome::Malformed,
         ] {
-            let a = AppKeysAck { request: 7, outcome };
+            let a = AppKeysAck {
+                request: 7,
+                outcome,
+            };
             let mut w = WireWriter::new();
             a.encode(&mut w);
             let bytes = w.finish();
