@@ -411,7 +411,8 @@ peers = ["gw-b"]
             "gateway.kme_listen",
             "needs a [kme] section"
         ));
-        let cases: [(&[(&str, &str)], &str, &str); 8] = [
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case<'_>; 8] = [
             (
                 &[("peers = [\"gw-b\"]", "peers = [\"gw-z\"]")],
                 "kme.sae[0].peers[0]",

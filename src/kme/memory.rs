@@ -21,7 +21,8 @@ pub struct MemoryKeyService {
     budget: AtomicU64,
     max_bytes: u64,
     own: Arc<PendingTable>,
-    peer: Arc<PendingTable>,
+    /// `None`: the peer's copies are made and dropped (benches).
+    peer: Option<Arc<PendingTable>>,
 }
 
 impl MemoryKeyService {
@@ -35,9 +36,21 @@ impl MemoryKeyService {
             budget: AtomicU64::new(budget_bytes),
             max_bytes: budget_bytes,
             own: Arc::clone(own),
-            peer: Arc::clone(peer),
+            peer: Some(Arc::clone(peer)),
         };
         (side(&a, &b), side(&b, &a))
+    }
+
+    /// A master's side alone: no slave copy is kept, so a long bench does
+    /// not fill memory (every pending key holds a locked page of its own)
+    /// and a request costs what the master's KME does in the agent.
+    pub fn solo(budget_bytes: u64) -> Self {
+        Self {
+            budget: AtomicU64::new(budget_bytes),
+            max_bytes: budget_bytes,
+            own: Arc::new(PendingTable::new(1)),
+            peer: None,
+        }
     }
 
     /// Keys waiting here for local slave SAEs.
@@ -72,12 +85,15 @@ impl KeyService for MemoryKeyService {
             let mut raw = Zeroizing::new(vec![0u8; len]);
             getrandom::fill(&mut raw).map_err(|e| ServiceError::Internal(e.to_string()))?;
             let id = Uuid::new_v4();
-            theirs.push((id, SecretBytes::from_slice(&raw)));
+            if self.peer.is_some() {
+                theirs.push((id, SecretBytes::from_slice(&raw)));
+            }
             ours.push(KeyItem::new(id, SecretBytes::from_slice(&raw)));
         }
-        self.peer
-            .insert_all(&req.master, &req.slave, theirs)
-            .map_err(|_| ServiceError::PeerRefused(AckOutcome::PendingFull))?;
+        if let Some(peer) = &self.peer {
+            peer.insert_all(&req.master, &req.slave, theirs)
+                .map_err(|_| ServiceError::PeerRefused(AckOutcome::PendingFull))?;
+        }
         Ok(ours)
     }
 

@@ -335,8 +335,15 @@ fn render_tunnels(e: &mut Exposition, s: &BoardSnapshot) {
     }
 }
 
+/// A KME family: name, help, and the count it shows.
+type SaeFamily = (
+    &'static str,
+    &'static str,
+    fn(&super::snapshot::SaeSnapshot) -> u64,
+);
+
 fn render_kme(e: &mut Exposition, s: &BoardSnapshot) {
-    let families: [(&str, &str, fn(&super::snapshot::SaeSnapshot) -> u64); 3] = [
+    let families: [SaeFamily; 3] = [
         (
             "qkd_ipsec_kme_enc_keys_total",
             "Keys the ETSI 014 KME delivered to this master SAE (enc_keys).",
