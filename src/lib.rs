@@ -8,9 +8,11 @@
 //! | [`etsi014`]   | ETSI GS QKD 014 key delivery: its JSON documents; keys from a QKD device's KME (a key source beside `qkd`). |
 //! | [`keys`]      | per-peer key pools (block IDs, lockstep consumption, persistence). |
 //! | [`rekey`]     | per-tunnel rekey engines (timer, soft expiry, acquire).          |
+//! | [`kme`]       | the ETSI GS QKD 014 key service for local applications (beside `rekey`: keys from the pools, delivered over HTTPS). |
 //! | [`xfrm`]      | the kernel: SAs, policies and events over netlink, netns-aware. |
 //! | [`peer`]      | the authenticated channel between two agents.                   |
 //! | [`secret`]    | the only types that hold key bytes.                             |
+//! | [`http`]      | the one HTTP stack (hyper 1): server runner with bounds, for the KME and metrics. |
 //! | [`tls`]       | the one TLS stack (rustls): mutual-TLS configs, PEM files, identities from certificates. |
 //! | [`gf2`]       | carry-less arithmetic: GF(2^128), Toeplitz middle products (no protocol). |
 //! | [`netns`]     | network namespace handles; running code inside one.             |
@@ -29,7 +31,9 @@ pub mod config;
 pub mod etsi014;
 pub mod eve;
 pub mod gf2;
+pub mod http;
 pub mod keys;
+pub mod kme;
 pub mod netns;
 pub mod ops;
 pub mod peer;

@@ -1,5 +1,6 @@
-//! The control stream's envelope: pool agreement and per-tunnel rekey
-//! messages share the peer channel's authenticated control stream.
+//! The control stream's envelope: pool agreement, per-tunnel rekey
+//! messages and the KMEs' application keys share the peer channel's
+//! authenticated control stream.
 //!
 //! Layout: one kind byte, then the kind's fields. Rekey messages name their
 //! tunnel (the tunnel's configured name, identical on both gateways) and
@@ -7,11 +8,9 @@
 //! is bounded and never panics; an unknown kind is an error the caller
 //! counts and drops.
 
-use uuid::Uuid;
-
-use crate::etsi014::api::MAX_KEYS_PER_DOCUMENT;
 use crate::etsi014::source::{KeyOffer, KeyOfferAck};
-use crate::keys::{AgreementCheck, BlockId, PoolSummary};
+use crate::keys::{AgreementCheck, PoolSummary};
+use crate::kme::{AppKeys, AppKeysAck};
 use crate::qkd::wire::{WireError, WireReader, WireWriter};
 
 /// Longest tunnel name carried on the wire (config names are shorter).
@@ -24,7 +23,11 @@ const MAX_SUMMARY: usize = 1 << 20;
 const KIND_SUMMARY: u8 = 1;
 const KIND_CHECK: u8 = 2;
 const KIND_REKEY: u8 = 3;
-// Kinds 4 and 5 belong to the local applications' KME (AppKeys/AppKeysAck).
+/// Kinds 4 and 5 are the KME's ([`crate::kme`]): keys for local
+/// applications. 6 and 7 are the ETSI GS QKD 014 key source's
+/// ([`crate::etsi014::source`]): key_IDs of a device's keys.
+const KIND_APP_KEYS: u8 = 4;
+const KIND_APP_KEYS_ACK: u8 = 5;
 const KIND_KEY_OFFER: u8 = 6;
 const KIND_KEY_OFFER_ACK: u8 = 7;
 
@@ -35,6 +38,10 @@ pub enum ControlMessage {
     PoolCheck(AgreementCheck),
     /// A rekey-engine message for one tunnel.
     Rekey { tunnel: String, payload: Vec<u8> },
+    /// Keys the sender's KME gave a local master SAE, for a slave SAE here.
+    AppKeys(AppKeys),
+    /// The answer to an [`ControlMessage::AppKeys`].
+    AppKeysAck(AppKeysAck),
     /// ETSI 014 master → slave: key_IDs of a new pool block.
     KeyOffer(KeyOffer),
     /// ETSI 014 slave → master: whether it appended that block.
@@ -54,18 +61,10 @@ impl ControlMessage {
             ControlMessage::Rekey { tunnel, payload } => {
                 w.u8(KIND_REKEY).bytes(tunnel.as_bytes()).bytes(payload);
             }
-            ControlMessage::KeyOffer(o) => {
-                let ids: Vec<u8> = o.key_ids.iter().flat_map(|id| *id.as_bytes()).collect();
-                w.u8(KIND_KEY_OFFER)
-                    .u64(o.block.0)
-                    .u32(o.size_bits)
-                    .bytes(&ids);
-            }
-            ControlMessage::KeyOfferAck(a) => {
-                w.u8(KIND_KEY_OFFER_ACK)
-                    .u64(a.block.0)
-                    .u8(u8::from(a.accepted));
-            }
+            ControlMessage::AppKeys(m) => m.encode(w.u8(KIND_APP_KEYS)),
+            ControlMessage::AppKeysAck(a) => a.encode(w.u8(KIND_APP_KEYS_ACK)),
+            ControlMessage::KeyOffer(o) => o.encode(w.u8(KIND_KEY_OFFER)),
+            ControlMessage::KeyOfferAck(a) => a.encode(w.u8(KIND_KEY_OFFER_ACK)),
         }
         w.finish()
     }
@@ -85,32 +84,10 @@ impl ControlMessage {
                 let payload = r.bytes("rekey payload", MAX_REKEY_PAYLOAD)?.to_vec();
                 ControlMessage::Rekey { tunnel, payload }
             }
-            KIND_KEY_OFFER => {
-                let block = BlockId(r.u64("offer block")?);
-                let size_bits = r.u32("offer key size")?;
-                let raw = r.bytes("offer key_IDs", 16 * MAX_KEYS_PER_DOCUMENT)?;
-                if raw.is_empty() || raw.len() % 16 != 0 {
-                    return Err(WireError::Invalid("offer key_IDs"));
-                }
-                let key_ids = raw
-                    .chunks_exact(16)
-                    .map(|c| Uuid::from_bytes(c.try_into().expect("16 bytes")))
-                    .collect();
-                ControlMessage::KeyOffer(KeyOffer {
-                    block,
-                    size_bits,
-                    key_ids,
-                })
-            }
-            KIND_KEY_OFFER_ACK => {
-                let block = BlockId(r.u64("ack block")?);
-                let accepted = match r.u8("ack flag")? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(WireError::Invalid("ack flag")),
-                };
-                ControlMessage::KeyOfferAck(KeyOfferAck { block, accepted })
-            }
+            KIND_APP_KEYS => ControlMessage::AppKeys(AppKeys::decode(&mut r)?),
+            KIND_APP_KEYS_ACK => ControlMessage::AppKeysAck(AppKeysAck::decode(&mut r)?),
+            KIND_KEY_OFFER => ControlMessage::KeyOffer(KeyOffer::decode(&mut r)?),
+            KIND_KEY_OFFER_ACK => ControlMessage::KeyOfferAck(KeyOfferAck::decode(&mut r)?),
             _ => return Err(WireError::Invalid("control kind")),
         };
         r.finish()?;
@@ -121,6 +98,9 @@ impl ControlMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::etsi014::api::MAX_KEYS_PER_DOCUMENT;
+    use crate::keys::BlockId;
+    use uuid::Uuid;
 
     #[test]
     fn rekey_roundtrip_and_hostile_input() {
@@ -181,19 +161,58 @@ mod tests {
 
         // Hostile offers: no IDs, a partial ID, more IDs than a document
         // may hold.
-        let offer_with = |ids: &[u8]| {
+        let offer_with = |count: u32, ids: usize| {
             let mut w = WireWriter::new();
-            w.u8(KIND_KEY_OFFER).u64(1).u32(256).bytes(ids);
+            w.u8(KIND_KEY_OFFER).u64(1).u32(256).u32(count);
+            for _ in 0..ids {
+                w.u64(0).u64(0);
+            }
             w.finish()
         };
-        assert!(ControlMessage::decode(&offer_with(&[])).is_err());
-        assert!(ControlMessage::decode(&offer_with(&[0; 17])).is_err());
-        let too_many = vec![0; 16 * (MAX_KEYS_PER_DOCUMENT + 1)];
-        assert!(ControlMessage::decode(&offer_with(&too_many)).is_err());
-        // A length prefix that lies.
-        let mut lying = vec![KIND_KEY_OFFER];
-        lying.extend_from_slice(&[0; 12]);
-        lying.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(ControlMessage::decode(&lying).is_err());
+        assert!(ControlMessage::decode(&offer_with(1, 1)).is_ok());
+        assert!(ControlMessage::decode(&offer_with(0, 0)).is_err());
+        assert!(ControlMessage::decode(&offer_with(2, 1)).is_err());
+        let too_many = MAX_KEYS_PER_DOCUMENT + 1;
+        assert!(ControlMessage::decode(&offer_with(too_many as u32, too_many)).is_err());
+        // A count that lies.
+        assert!(ControlMessage::decode(&offer_with(u32::MAX, 1)).is_err());
+    }
+
+    #[test]
+    fn app_keys_travel_as_kinds_4_and_5() {
+        let mut pool = crate::keys::KeyPool::new(crate::keys::Role::Receiver);
+        pool.append(
+            crate::keys::BlockId(1),
+            crate::secret::SecretBytes::from_slice(&[3; 128]),
+        )
+        .unwrap();
+        let (key_ref, _) = pool.take(crate::keys::KeyUse::Application, 32).unwrap();
+        let m = AppKeys {
+            request: 9,
+            master_sae: "sae-a".into(),
+            slave_sae: "sae-b".into(),
+            key_bytes: 32,
+            key_ids: vec![uuid::Uuid::new_v4()],
+            refs: vec![key_ref],
+        };
+        let bytes = ControlMessage::AppKeys(m.clone()).encode();
+        assert_eq!(bytes[0], 4);
+        match ControlMessage::decode(&bytes).unwrap() {
+            ControlMessage::AppKeys(got) => assert_eq!(got, m),
+            _ => panic!("kind changed"),
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(ControlMessage::decode(&trailing).is_err());
+        let ack = AppKeysAck {
+            request: 9,
+            outcome: crate::kme::AckOutcome::PendingFull,
+        };
+        let bytes = ControlMessage::AppKeysAck(ack).encode();
+        assert_eq!(bytes[0], 5);
+        assert!(
+            matches!(ControlMessage::decode(&bytes).unwrap(), ControlMessage::AppKeysAck(a) if a == ack)
+        );
+        assert!(ControlMessage::decode(&[8]).is_err(), "kind 8 is nobody's");
     }
 }

@@ -12,10 +12,13 @@
 //!   device's KME over ETSI GS QKD 014);
 //! * per tunnel: a tunnel task driving its rekey engine;
 //! * one XFRM event listener dispatching expiries and acquires by reqid;
-//! * the status socket, metrics and the systemd watchdog.
+//! * the status socket, metrics and the systemd watchdog;
+//! * when configured, the ETSI 014 KME for local applications, whose keys
+//!   come from the peers' pools ([`app_keys`]).
 //!
 //! This module wires; it holds no protocol logic of its own.
 
+mod app_keys;
 pub mod control;
 pub mod etsi014_task;
 mod kernel_events;

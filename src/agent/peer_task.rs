@@ -24,6 +24,7 @@ use crate::keys::{AgreementCheck, PersistedPool, PoolSummary, Role};
 use crate::peer::{Inbound, LinkState, PeerHandle, Stream};
 
 use super::AgentError;
+use super::app_keys::AppKeyDesk;
 use super::control::ControlMessage;
 use super::etsi014_task::{SourceInbound, SourceMessage};
 use super::qkd_task::lock;
@@ -51,6 +52,8 @@ pub struct PeerTask {
     pub key_source: Option<mpsc::Sender<SourceInbound>>,
     /// Switch the channel key to a fresh pool key this often (transmitter).
     pub channel_key_interval: Duration,
+    /// The KME's exchange, when the KME is on.
+    pub app_keys: Option<Arc<AppKeyDesk>>,
     pub cancel: CancellationToken,
 }
 
@@ -169,6 +172,17 @@ impl PeerTask {
                 self.to_key_source(m.session, SourceMessage::Ack(ack)).await;
                 return Ok(());
             }
+            ControlMessage::AppKeys(keys) => {
+                self.on_app_keys(keys).await?;
+                return Ok(());
+            }
+            ControlMessage::AppKeysAck(ack) => {
+                match &self.app_keys {
+                    Some(desk) => desk.acked(ack),
+                    None => tracing::debug!(peer = %self.peer, "AppKeys ack while the KME is off"),
+                }
+                return Ok(());
+            }
         }
         if let (Some(ours), Some(theirs)) = (&a.ours, &a.theirs) {
             if ours.digest == theirs.digest {
@@ -196,6 +210,33 @@ impl PeerTask {
                 tracing::warn!(peer = %self.peer, "ETSI 014 key message on a link that is not kind = \"etsi014\"; dropped")
             }
         }
+    }
+
+    /// The peer's KME shared keys with a local SAE: take the same bytes,
+    /// file them, answer. Refused when the KME is off here, or the pool is
+    /// not agreed for this session.
+    async fn on_app_keys(&self, keys: crate::kme::AppKeys) -> Result<(), AgentError> {
+        let request = keys.request;
+        let ready = self.ready.borrow().is_some();
+        let outcome = match (&self.app_keys, ready) {
+            (None, _) => crate::kme::AckOutcome::UnknownSae,
+            (Some(_), false) => crate::kme::AckOutcome::PoolRefused,
+            (Some(desk), true) => {
+                let (desk, pool, peer) = (desk.clone(), self.pool.clone(), self.peer.clone());
+                tokio::task::spawn_blocking(move || desk.accept(&peer, &pool, keys))
+                    .await
+                    .map_err(|e| AgentError::Task(e.to_string()))?
+            }
+        };
+        if outcome != crate::kme::AckOutcome::Accepted {
+            tracing::warn!(peer = %self.peer, request, %outcome, "application keys from the peer refused");
+        }
+        self.send(ControlMessage::AppKeysAck(crate::kme::AppKeysAck {
+            request,
+            outcome,
+        }))
+        .await;
+        Ok(())
     }
 
     async fn send_summary(&self) {

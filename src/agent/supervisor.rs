@@ -6,7 +6,8 @@
 //! 2. every tunnel's policies (an SA-less policy drops its traffic);
 //! 3. pools (opened, bootstrap block 0 on first start), channel-key records,
 //!    the peer listener and links;
-//! 4. status board, status socket, metrics, per-peer and per-tunnel tasks;
+//! 4. status board, status socket, metrics, per-peer and per-tunnel tasks,
+//!    the ETSI 014 KME when configured;
 //! 5. `READY=1` to systemd.
 //!
 //! Shutdown (cancel): tasks stop, then `gateway.on_stop` decides whether the
@@ -42,6 +43,7 @@ use crate::secret::file::{ensure_private_dir, load_secret_file};
 use crate::xfrm::{PolicySpec, XfrmError, XfrmEvents, XfrmHandle};
 
 use super::AgentError;
+use super::app_keys::{AppKeyDesk, BoardLog, PeerKeys, PoolKeyService};
 use super::etsi014_task::Etsi014Task;
 use super::kernel_events::{Route, dispatch};
 use super::peer_status::{PeerObserver, report_link};
@@ -155,11 +157,18 @@ async fn serve(
         tunnel_rx.insert(t.name.clone(), (in_rx, ev_rx));
     }
 
+    let desk = config.kme.as_ref().map(|k| {
+        Arc::new(AppKeyDesk::new(
+            k.settings.directory.clone(),
+            k.settings.max_pending_keys,
+        ))
+    });
     let mut peers = HashMap::new();
     for p in &config.peers {
         let parts = start_peer(
             config,
             p,
+            desk.clone(),
             &pool_key,
             listener.as_ref(),
             &board,
@@ -207,6 +216,9 @@ async fn serve(
         tasks.spawn(failure.watch(format!("tunnel {name}"), cancel.clone(), task.run()));
     }
     tasks.spawn(dispatch(events, routes, cancel.clone()));
+    if let (Some(kme), Some(desk)) = (&config.kme, desk) {
+        start_kme(kme, desk, &peers, &board, tasks, &cancel).await?;
+    }
 
     StatusServer::bind(&gw.status_socket)
         .map_err(|e| setup("status socket", e))?
@@ -249,6 +261,7 @@ async fn serve(
 async fn start_peer(
     config: &Config,
     p: &Peer,
+    app_keys: Option<Arc<AppKeyDesk>>,
     pool_key: &PoolKey,
     listener: Option<&PeerListener>,
     board: &StatusBoard,
@@ -345,6 +358,7 @@ async fn start_peer(
         tunnels,
         key_source: source_tx,
         channel_key_interval: CHANNEL_KEY_INTERVAL,
+        app_keys,
         cancel: cancel.clone(),
     };
     tasks.spawn(failure.watch(format!("peer {}", p.name), cancel.clone(), peer_task.run()));
@@ -417,6 +431,39 @@ async fn start_peer(
         ready: ready_rx,
         reporter,
     })
+}
+
+/// Binds the KME and serves it from the peers' pools.
+async fn start_kme(
+    kme: &crate::config::Kme,
+    desk: Arc<AppKeyDesk>,
+    peers: &HashMap<String, PeerParts>,
+    board: &StatusBoard,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<(), AgentError> {
+    let peers = peers
+        .iter()
+        .map(|(name, p)| {
+            let keys = PeerKeys {
+                pool: Arc::clone(&p.pool),
+                handle: p.handle.clone(),
+                ready: p.ready.clone(),
+                reserve: AUTH_RESERVE_BLOCKS * AUTH_KEY_BYTES_PER_BLOCK as u64,
+            };
+            (name.clone(), keys)
+        })
+        .collect();
+    for sae in kme.settings.directory.local_saes() {
+        board.register_sae(&sae);
+    }
+    let service = PoolKeyService { desk, peers };
+    let log = Arc::new(BoardLog(board.clone()));
+    crate::kme::KmeServer::bind(kme.listen, &kme.tls, kme.settings.clone(), service, log)
+        .await
+        .map_err(|e| setup("gateway.kme_listen", e))?
+        .spawn(tasks, cancel.clone());
+    Ok(())
 }
 
 /// The bootstrap secret's two uses: the first 32 bytes key the peer

@@ -57,6 +57,13 @@ pub struct GatewaySection {
     /// Example: `metrics_listen = "127.0.0.1:9814"`
     #[serde(deserialize_with = "values::socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the ETSI GS QKD 014 key service for local applications
+    /// (HTTPS, mutual TLS only; needs the `[kme]` section); off when
+    /// absent.
+    ///
+    /// Example: `kme_listen = "127.0.0.1:8443"`
+    #[serde(deserialize_with = "values::socket_addr")]
+    pub kme_listen: Option<SocketAddr>,
     /// Run the kernel side (XFRM) in this named network namespace
     /// (`/run/netns/<name>`, as `ip netns add` makes) instead of the agent's
     /// own. For tests and the demo; entering a namespace needs
@@ -86,6 +93,7 @@ impl Default for GatewaySection {
             pool_key: None,
             status_socket: DEFAULT_STATUS_SOCKET.into(),
             metrics_listen: None,
+            kme_listen: None,
             netns: None,
             on_stop: OnStop::default(),
             ownership: OwnershipSection::default(),
@@ -196,6 +204,8 @@ pub struct Gateway {
     pub pool_key: SecretLocation,
     pub status_socket: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    /// The KME listener (then [`super::Config::kme`] is set).
+    pub kme_listen: Option<SocketAddr>,
     /// The namespace for the kernel side, if not the agent's own.
     pub netns: Option<String>,
     pub on_stop: OnStop,
@@ -279,6 +289,7 @@ impl GatewaySection {
             pool_key,
             status_socket: anchor(base, &self.status_socket),
             metrics_listen: self.metrics_listen,
+            kme_listen: self.kme_listen,
             netns: self.netns,
             on_stop: self.on_stop,
             ownership: ownership?,

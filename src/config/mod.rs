@@ -59,6 +59,7 @@ pub mod error_cases;
 mod etsi014;
 pub mod forecast;
 mod gateway;
+mod kme;
 mod lifetime;
 mod link;
 pub mod pair;
@@ -79,6 +80,7 @@ use thiserror::Error;
 
 pub use etsi014::{Etsi014, Etsi014Section, MAX_POOL_TARGET_BYTES, MIN_ETSI014_KEY_BITS};
 pub use gateway::{Gateway, GatewaySection, OnStop, OwnershipSection};
+pub use kme::{Kme, KmeSection, SaeSection};
 pub use lifetime::{LifetimeSection, MAX_PACKETS_WITHOUT_ESN};
 pub use link::{LinkKind, LinkSection, PostprocessingSection};
 pub use peer::{ChannelSection, Peer, PeerSection, QkdRole};
@@ -176,7 +178,16 @@ pub struct ConfigFile {
     /// IPsec tunnels keyed from those links; one `[[tunnel]]` each.
     #[serde(default)]
     pub tunnel: Vec<TunnelSection>,
+    /// The ETSI GS QKD 014 key service for local applications, served on
+    /// `gateway.kme_listen`; off when absent.
+    ///
+    /// Example: `[kme]` then `ca = "/etc/qkd-ipsec/kme/sae-ca.pem"`
+    #[serde(default)]
+    pub kme: Option<KmeSection>,
 }
+
+/// What [`ConfigFile::validate`] builds.
+type Checked = (Gateway, Vec<Peer>, Vec<Tunnel>, Option<Kme>);
 
 /// A checked configuration.
 #[derive(Debug, Clone)]
@@ -186,6 +197,8 @@ pub struct Config {
     pub gateway: Gateway,
     pub peers: Vec<Peer>,
     pub tunnels: Vec<Tunnel>,
+    /// The KME for local applications, when `gateway.kme_listen` is set.
+    pub kme: Option<Kme>,
     /// Legal but probably unwanted settings (printed by `check-config`,
     /// logged by the agent at start).
     pub warnings: Vec<Finding>,
@@ -279,11 +292,12 @@ impl Config {
         }
         document::sort_by_location(&mut errors);
         match config {
-            Some((gateway, peers, tunnels)) if errors.is_empty() => Ok(Config {
+            Some((gateway, peers, tunnels, kme)) if errors.is_empty() => Ok(Config {
                 file: file.to_path_buf(),
                 gateway,
                 peers,
                 tunnels,
+                kme,
                 warnings,
                 positions: locator,
             }),
@@ -318,8 +332,9 @@ impl Config {
 impl ConfigFile {
     /// Checks every section and builds the typed values; `None` when any
     /// section could not be built (its problems are in `f`).
-    fn validate(self, base: &Path, f: &mut Findings) -> Option<(Gateway, Vec<Peer>, Vec<Tunnel>)> {
+    fn validate(self, base: &Path, f: &mut Findings) -> Option<Checked> {
         let (gateway_name, listen) = (self.gateway.name.clone(), self.gateway.listen);
+        let kme_listen = self.gateway.kme_listen;
         let gateway = self.gateway.validate(base, f);
         let peer_roles: Vec<(String, Option<crate::keys::Role>)> = self
             .peer
@@ -333,6 +348,37 @@ impl ConfigFile {
             .map(|(i, p)| p.validate(&format!("peer[{i}]"), base, f))
             .collect();
         peer::check_peer_set(&peers, gateway_name.as_deref(), listen, f);
+        let kme = match (kme_listen, self.kme) {
+            (Some(addr), Some(k)) => {
+                Some(k.validate(addr, gateway_name.as_deref(), &peers, base, f))
+            }
+            (Some(_), None) => {
+                f.error(
+                    "gateway.kme_listen",
+                    "the KME needs a [kme] section (CA, certificate, key and [[kme.sae]]); \
+                     add it, or remove kme_listen",
+                );
+                Some(None)
+            }
+            (None, Some(_)) => {
+                f.warn(
+                    "kme",
+                    "[kme] is configured but gateway.kme_listen is not: the KME is off",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        if kme.is_none()
+            && let Some(i) = peers
+                .iter()
+                .position(|p| p.as_ref().is_some_and(|p| !p.saes.is_empty()))
+        {
+            f.warn(
+                format!("peer[{i}].saes"),
+                "SAEs are listed but the KME is off (no gateway.kme_listen)",
+            );
+        }
         let ownership = gateway.as_ref().map(|g| &g.ownership);
         let tunnels: Vec<Option<Tunnel>> = self
             .tunnel
@@ -352,6 +398,10 @@ impl ConfigFile {
         if let Some(p) = &peers {
             forecast::check_supply(p, tunnels.as_deref().unwrap_or(&[]), f);
         }
-        Some((gateway?, peers?, tunnels?))
+        let kme = match kme {
+            Some(k) => Some(k?),
+            None => None,
+        };
+        Some((gateway?, peers?, tunnels?, kme))
     }
 }

@@ -84,6 +84,17 @@ pub struct PeerSection {
     ///
     /// Example: `[peer.etsi014]` then `kme_url = "https://kme-a.example:8443"`
     pub etsi014: Option<Etsi014Section>,
+    /// The SAE IDs of the applications behind this peer (its KME's local
+    /// SAEs): a slave or master SAE ID in a KME request maps to this peer's
+    /// key pool. Only with `[kme]`. Default: none.
+    ///
+    /// Example: `saes = ["sae-b"]`
+    pub saes: Vec<String>,
+    /// The peer KME's ID (`target_KME_ID` in the KME's status answers).
+    /// Default: the peer's name.
+    ///
+    /// Example: `kme_id = "kme-b"`
+    pub kme_id: Option<String>,
 }
 
 /// Smallest frame limit: every upper-layer message fits.
@@ -231,6 +242,10 @@ pub struct Peer {
     pub link: LinkSection,
     pub postprocessing: PostprocessingSection,
     pub channel: ChannelSection,
+    /// SAE IDs behind this peer (for the KME).
+    pub saes: Vec<String>,
+    /// The peer KME's ID, if configured.
+    pub kme_id: Option<String>,
 }
 
 impl Peer {
@@ -332,6 +347,8 @@ impl PeerSection {
             link: self.link,
             postprocessing: self.postprocessing,
             channel: self.channel,
+            saes: self.saes,
+            kme_id: self.kme_id,
         })
     }
 }

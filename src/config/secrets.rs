@@ -18,6 +18,7 @@ use super::{Config, Finding};
 use crate::keys::POOL_KEY_CREDENTIAL;
 use crate::qkd::auth::AUTH_KEY_BYTES_PER_BLOCK;
 use crate::secret::{SecretBytes, load_secret_file};
+use crate::tls::TlsFiles;
 
 /// The peer channel's first handshake is authenticated with HMAC-SHA256
 /// under the bootstrap secret; 32 bytes (256 bits) keep an offline search of
@@ -148,19 +149,32 @@ impl Config {
                 },
             );
         }
-        let mut identities = Vec::new();
+        // TLS private keys: 0600 like every secret, and each with its
+        // certificate and CA a usable mutual-TLS identity.
+        let mut tls: Vec<(String, &TlsFiles, bool)> = Vec::new();
         for (i, peer) in self.peers.iter().enumerate() {
-            let Some(e) = &peer.etsi014 else { continue };
-            let field = format!("peer[{i}].etsi014.client_key");
+            if let Some(e) = &peer.etsi014 {
+                tls.push((format!("peer[{i}].etsi014"), &e.tls, false));
+            }
+        }
+        if let Some(kme) = &self.kme {
+            tls.push(("kme".into(), &kme.tls, true));
+        }
+        let mut identities = Vec::new();
+        for (section, files, server) in tls {
+            let field = format!("{section}.{}", if server { "key" } else { "client_key" });
             check(
                 field.clone(),
-                &SecretLocation::File(e.tls.key.clone()),
-                &|len| (len == 0).then(|| "empty; the client key is a PEM private key".into()),
+                &SecretLocation::File(files.key.clone()),
+                &|len| (len == 0).then(|| "empty; it must hold a PEM private key".into()),
             );
-            // The three files must also make a usable mutual-TLS identity.
-            if let Err(err) = crate::tls::client_config(&e.tls) {
-                let finding = Finding::new(format!("peer[{i}].etsi014"), err.to_string());
-                identities.push((field, finding));
+            let usable = if server {
+                crate::tls::server_config(files).map(drop)
+            } else {
+                crate::tls::client_config(files).map(drop)
+            };
+            if let Err(err) = usable {
+                identities.push((field, Finding::new(section, err.to_string())));
             }
         }
         for (field, finding) in identities {

@@ -20,6 +20,7 @@ use thiserror::Error;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::qkd::wire::{WireError, WireReader, WireWriter};
 use crate::secret::SecretBytes;
 
 /// Largest request or response body either end reads (a key container of
@@ -338,6 +339,40 @@ impl KeyIds {
         }
         Ok(self.key_ids.iter().map(|i| i.key_id).collect())
     }
+}
+
+/// Key_IDs on the peer channel (AppKeys, key offers): a count (1..=`max`),
+/// then each ID as two big-endian u64 halves.
+pub fn encode_key_ids(w: &mut WireWriter, ids: &[Uuid]) {
+    w.u32(ids.len() as u32);
+    for id in ids {
+        let v = id.as_u128();
+        w.u64((v >> 64) as u64).u64(v as u64);
+    }
+}
+
+/// Reads what [`encode_key_ids`] wrote; a count of 0 or above `max` is an
+/// error before anything is allocated.
+pub fn decode_key_ids(
+    r: &mut WireReader<'_>,
+    what: &'static str,
+    max: usize,
+) -> Result<Vec<Uuid>, WireError> {
+    let n = r.u32(what)? as usize;
+    if n == 0 || n > max {
+        return Err(WireError::TooLong {
+            what,
+            len: n as u64,
+            max: max as u64,
+        });
+    }
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let hi = r.u64(what)?;
+        let lo = r.u64(what)?;
+        ids.push(Uuid::from_u128((u128::from(hi) << 64) | u128::from(lo)));
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]

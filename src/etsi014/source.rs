@@ -28,11 +28,12 @@ use thiserror::Error;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::api::{KeyItem, MAX_KEYS_PER_DOCUMENT};
+use super::api::{KeyItem, MAX_KEYS_PER_DOCUMENT, decode_key_ids, encode_key_ids};
 use super::client::KmeError;
 use super::seen::{RecordError, SeenKeyIds};
 use crate::keys::BlockId;
 use crate::keys::pool::MAX_BLOCK_BYTES;
+use crate::qkd::wire::{WireError, WireReader, WireWriter};
 use crate::secret::SecretBytes;
 
 /// First retry delay after a failure; it doubles up to `retry_max`.
@@ -58,6 +59,25 @@ pub struct KeyOffer {
     pub key_ids: Vec<Uuid>,
 }
 
+impl KeyOffer {
+    /// On the control stream (kind 6): block ID, key size, key_IDs.
+    pub fn encode(&self, w: &mut WireWriter) {
+        w.u64(self.block.0).u32(self.size_bits);
+        encode_key_ids(w, &self.key_ids);
+    }
+
+    pub fn decode(r: &mut WireReader<'_>) -> Result<Self, WireError> {
+        let block = BlockId(r.u64("offer block")?);
+        let size_bits = r.u32("offer key size")?;
+        let key_ids = decode_key_ids(r, "offer key_IDs", MAX_KEYS_PER_DOCUMENT)?;
+        Ok(Self {
+            block,
+            size_bits,
+            key_ids,
+        })
+    }
+}
+
 /// The slave's answer to a [`KeyOffer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyOfferAck {
@@ -65,6 +85,23 @@ pub struct KeyOfferAck {
     /// The slave appended the block; `false`: it refused the offer (its
     /// KME failed, a key_ID was seen before, the offer was bad).
     pub accepted: bool,
+}
+
+impl KeyOfferAck {
+    /// On the control stream (kind 7): block ID, accepted flag.
+    pub fn encode(&self, w: &mut WireWriter) {
+        w.u64(self.block.0).u8(u8::from(self.accepted));
+    }
+
+    pub fn decode(r: &mut WireReader<'_>) -> Result<Self, WireError> {
+        let block = BlockId(r.u64("ack block")?);
+        let accepted = match r.u8("ack flag")? {
+            0 => false,
+            1 => true,
+            _ => return Err(WireError::Invalid("ack flag")),
+        };
+        Ok(Self { block, accepted })
+    }
 }
 
 /// Why the source made no key this time. Never carries key bytes.

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use super::alarm::{self, Alarm, AlarmKind, AlarmLog, ClearReason};
 use super::peer_entry::{PeerEntry, PeerReporter};
-use super::snapshot::{BoardSnapshot, PeerRole};
+use super::snapshot::{BoardSnapshot, PeerRole, SaeSnapshot};
 use super::tunnel_entry::{TunnelEntry, TunnelReporter};
 use super::unix_ms;
 
@@ -65,6 +65,18 @@ struct Inner {
     peers: RwLock<BTreeMap<String, Arc<RwLock<PeerEntry>>>>,
     tunnels: RwLock<BTreeMap<String, Arc<RwLock<TunnelEntry>>>>,
     alarms: Mutex<AlarmLog>,
+    kme: Mutex<BTreeMap<String, SaeSnapshot>>,
+}
+
+/// What the KME counts per SAE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KmeDelivery {
+    /// Keys delivered by enc_keys (to a master SAE).
+    EncKeys,
+    /// Keys delivered by dec_keys (to a slave SAE).
+    DecKeys,
+    /// A refused request (the count is of requests).
+    Refused,
 }
 
 impl std::fmt::Debug for StatusBoard {
@@ -92,6 +104,7 @@ impl StatusBoard {
                 peers: RwLock::default(),
                 tunnels: RwLock::default(),
                 alarms: Mutex::new(alarms),
+                kme: Mutex::default(),
             }),
         }
     }
@@ -131,6 +144,27 @@ impl StatusBoard {
         drop(tunnels);
         write(&entry).set_peer(peer);
         TunnelReporter::new(self.clone(), entry, name)
+    }
+
+    /// Shows an SAE of the KME with zero counts (so its metrics exist
+    /// before its first request).
+    pub fn register_sae(&self, sae: &str) {
+        self.kme_delivered(sae, KmeDelivery::Refused, 0);
+    }
+
+    /// Counts KME deliveries for `sae`.
+    pub fn kme_delivered(&self, sae: &str, what: KmeDelivery, n: u64) {
+        let mut kme = lock(&self.inner.kme);
+        let e = kme.entry(sae.to_owned()).or_insert_with(|| SaeSnapshot {
+            sae: sae.to_owned(),
+            ..SaeSnapshot::default()
+        });
+        let counter = match what {
+            KmeDelivery::EncKeys => &mut e.enc_keys_total,
+            KmeDelivery::DecKeys => &mut e.dec_keys_total,
+            KmeDelivery::Refused => &mut e.refused_requests_total,
+        };
+        *counter += n;
     }
 
     /// Forgets a peer; handles still held keep working but are no longer shown.
@@ -197,6 +231,7 @@ impl StatusBoard {
             tunnels,
             alarms,
             alarms_raised_total,
+            kme: lock(&self.inner.kme).values().cloned().collect(),
         }
     }
 }

@@ -110,6 +110,7 @@ pub fn render_metrics(s: &BoardSnapshot) -> String {
     render_peers(&mut e, s);
     render_tunnels(&mut e, s);
     render_alarms(&mut e, s);
+    render_kme(&mut e, s);
     e.out
 }
 
@@ -351,6 +352,42 @@ fn render_tunnels(e: &mut Exposition, s: &BoardSnapshot) {
     );
     for t in &s.tunnels {
         f.sample(&[("tunnel", &t.name)], t.keys_wasted_bytes as f64);
+    }
+}
+
+/// A KME family: name, help, and the count it shows.
+type SaeFamily = (
+    &'static str,
+    &'static str,
+    fn(&super::snapshot::SaeSnapshot) -> u64,
+);
+
+fn render_kme(e: &mut Exposition, s: &BoardSnapshot) {
+    let families: [SaeFamily; 3] = [
+        (
+            "qkd_ipsec_kme_enc_keys_total",
+            "Keys the ETSI 014 KME delivered to this master SAE (enc_keys).",
+            |k| k.enc_keys_total,
+        ),
+        (
+            "qkd_ipsec_kme_dec_keys_total",
+            "Keys the ETSI 014 KME delivered to this slave SAE (dec_keys).",
+            |k| k.dec_keys_total,
+        ),
+        (
+            "qkd_ipsec_kme_refused_requests_total",
+            "ETSI 014 KME requests refused (400, 401, 503); sae=\"(unknown)\" for certificates no SAE is configured for.",
+            |k| k.refused_requests_total,
+        ),
+    ];
+    if s.kme.is_empty() {
+        return;
+    }
+    for (name, help, value) in families {
+        let mut f = e.family(name, Type::Counter, help);
+        for k in &s.kme {
+            f.sample(&[("sae", &k.sae)], value(k) as f64);
+        }
     }
 }
 

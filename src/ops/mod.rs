@@ -54,7 +54,7 @@ mod tunnel_entry;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use alarm::{Alarm, AlarmKind, AuthSource, QberBasis};
-pub use board::{BoardOptions, Clock, StatusBoard};
+pub use board::{BoardOptions, Clock, KmeDelivery, StatusBoard};
 pub use logging::{LogFormat, init_logging};
 pub use metrics::render_metrics;
 pub use metrics_server::{MetricsServer, MetricsServerError};

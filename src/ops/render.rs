@@ -33,6 +33,16 @@ pub fn render_text(s: &BoardSnapshot) -> String {
     for t in &s.tunnels {
         render_tunnel(&mut out, t, now);
     }
+    if !s.kme.is_empty() {
+        out.push_str("\nKME (ETSI GS QKD 014) deliveries\n");
+        for k in &s.kme {
+            let _ = writeln!(
+                out,
+                "  SAE {}: {} keys by enc_keys, {} by dec_keys, {} requests refused",
+                k.sae, k.enc_keys_total, k.dec_keys_total, k.refused_requests_total
+            );
+        }
+    }
     out.push_str("\nAlarms\n");
     if s.alarms.is_empty() {
         out.push_str("  (none)\n");

@@ -27,6 +27,20 @@ pub struct BoardSnapshot {
     ///
     /// [`AlarmKind::ALL`]: super::alarm::AlarmKind::ALL
     pub alarms_raised_total: Vec<AlarmTally>,
+    /// Keys the ETSI 014 KME delivered, per local SAE (empty when the KME
+    /// is off).
+    #[serde(default)]
+    pub kme: Vec<SaeSnapshot>,
+}
+
+/// One SAE's deliveries from the KME. `sae` is a configured SAE ID, or
+/// `"(unknown)"` for refusals of certificates no `[[kme.sae]]` names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaeSnapshot {
+    pub sae: String,
+    pub enc_keys_total: u64,
+    pub dec_keys_total: u64,
+    pub refused_requests_total: u64,
 }
 
 /// The QKD role of this gateway on one link.
