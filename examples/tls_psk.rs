@@ -145,9 +145,12 @@ fn psk_hex(item: &KeyItem) -> Zeroizing<String> {
 /// Reads one control line, bounded.
 async fn read_line(r: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
     let mut line = String::new();
-    let n = tokio::time::timeout(SESSION_LIMIT, AsyncReadExt::take(&mut *r, MAX_LINE as u64).read_line(&mut line))
-        .await
-        .context("timed out waiting for the control line")??;
+    let n = tokio::time::timeout(
+        SESSION_LIMIT,
+        AsyncReadExt::take(&mut *r, MAX_LINE as u64).read_line(&mut line),
+    )
+    .await
+    .context("timed out waiting for the control line")??;
     if n == 0 || !line.ends_with('\n') {
         bail!("control connection closed or line too long");
     }
@@ -174,7 +177,16 @@ async fn main() -> anyhow::Result<()> {
             wrong_key,
         } => {
             let kme = client_of(&kme)?;
-            session(&kme, &slave, &server, control_port, tls_port, &message, wrong_key).await
+            session(
+                &kme,
+                &slave,
+                &server,
+                control_port,
+                tls_port,
+                &message,
+                wrong_key,
+            )
+            .await
         }
     }
 }
@@ -317,14 +329,26 @@ async fn session(
     report(reply, &key, &expected, &mut s_client).await
 }
 
-async fn report(ok: bool, key: &KeyItem, expected: &str, s_client: &mut Child) -> anyhow::Result<()> {
+async fn report(
+    ok: bool,
+    key: &KeyItem,
+    expected: &str,
+    s_client: &mut Child,
+) -> anyhow::Result<()> {
     if ok {
-        println!("client: TLS 1.3 PSK session with key {}: reply {expected:?}", key.key_id);
+        println!(
+            "client: TLS 1.3 PSK session with key {}: reply {expected:?}",
+            key.key_id
+        );
         return Ok(());
     }
     let mut err = String::new();
     if let Some(e) = s_client.stderr.as_mut() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), e.take(4096).read_to_string(&mut err)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            e.take(4096).read_to_string(&mut err),
+        )
+        .await;
     }
     let why = err
         .lines()

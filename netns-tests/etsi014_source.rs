@@ -84,39 +84,92 @@ async fn a_second_pair_keys_its_tunnel_from_the_first_pairs_kmes() {
     let g0 = tunnel(&a).generation;
     let bed = pair.bed();
     let stream = UdpStream::start(&bed.host_a, &bed.host_b, 5001, STREAM_RATE).await;
-    let (a, _) = wait_keyed(&pair, g0 + 3, REKEY * 12).await;
+    // Three rekeys (at least), each timed by the initiator, and the key
+    // source's block deliveries as both sides see them.
+    let mut g = g0;
+    let mut rekey_us = Vec::new();
+    let mut a = a;
+    while g < g0 + 3 {
+        let (next, b) = wait_keyed(&pair, g + 1, REKEY * 6).await;
+        g = tunnel(&next).generation;
+        rekey_us.extend(tunnel(&next).last_rekey.as_ref().and_then(|r| r.latency_us));
+        let delivery = |s: &BoardSnapshot| {
+            link(s)
+                .key_source
+                .as_ref()
+                .map(|k| (k.role.clone(), k.keys_fetched, k.last_delivery_us))
+        };
+        println!(
+            "etsi014: generation {g}: key source {:?} / {:?}",
+            delivery(&next),
+            delivery(&b)
+        );
+        a = next;
+    }
     let stats = stream.finish(Duration::from_secs(2)).await;
+    rekey_us.sort_unstable();
     println!(
-        "etsi014: generations {g0}..={} over KME keys; stream {stats:?}",
-        tunnel(&a).generation
+        "etsi014: generations {g0}..={g} over KME keys; rekey latency (µs, trigger to old \
+         outbound SA gone) {rekey_us:?}, median {:?}; stream {stats:?}",
+        rekey_us.get(rekey_us.len() / 2)
     );
     assert!(stats.sent > 0 && stats.send_errors == 0, "{stats:?}");
     assert_eq!(
         stats.received, stats.sent,
         "packets lost across rekeys keyed from the KMEs: {stats:?}"
     );
-    assert_eq!(consumed(&a, "auth"), 0, "no QKD protocol runs on an etsi014 link");
+    let q = &link(&a).qkd;
+    assert!(
+        q.blocks_ok == 0 && q.blocks_aborted.is_empty(),
+        "no QKD protocol runs on an etsi014 link: {q:?}"
+    );
+    let source = link(&a)
+        .key_source
+        .as_ref()
+        .expect("gw-a reports its key source");
+    assert!(
+        source.role == "master" && source.keys_fetched > 0,
+        "{source:?}"
+    );
 
     // The master's KME goes away.
     kmes.stop_agent(Side::A);
     let failed = pair
-        .wait_status(Side::A, Duration::from_secs(120), "the tunnel failed closed", |s| {
-            alarms_raised(s, "key_source_failed") > 0 && down_failed_closed(s)
-        })
+        .wait_status(
+            Side::A,
+            Duration::from_secs(120),
+            "the tunnel failed closed",
+            |s| alarms_raised(s, "key_source_failed") > 0 && down_failed_closed(s),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     println!("etsi014: KME down → {:?}", tunnel(&failed).state);
     let through = ping(&bed.host_a.name, &bed.host_b.addr.to_string(), 3, "0.2").await;
-    assert_eq!(through.received, 0, "traffic passed with the tunnel failed closed");
-    assert_eq!(wan_counter(&pair, "clear_sites").await, 0, "clear text on the WAN");
+    assert_eq!(
+        through.received, 0,
+        "traffic passed with the tunnel failed closed"
+    );
+    assert_eq!(
+        wan_counter(&pair, "clear_sites").await,
+        0,
+        "clear text on the WAN"
+    );
 
     // Back: the source retries, the pool refills, the tunnel rekeys.
-    kmes.start_agent(Side::A).expect("restart pair 1's gw-a agent");
+    kmes.start_agent(Side::A)
+        .expect("restart pair 1's gw-a agent");
     let g = tunnel(&failed).generation;
     wait_keyed(&pair, g + 1, Duration::from_secs(180)).await;
     let back = ping(&bed.host_a.name, &bed.host_b.addr.to_string(), 5, "0.2").await;
-    assert_eq!(back.received, 5, "no recovery after the KME came back: {back:?}");
-    assert_eq!(wan_counter(&pair, "clear_sites").await, 0, "clear text on the WAN");
+    assert_eq!(
+        back.received, 5,
+        "no recovery after the KME came back: {back:?}"
+    );
+    assert_eq!(
+        wan_counter(&pair, "clear_sites").await,
+        0,
+        "clear text on the WAN"
+    );
     pair.teardown().expect("teardown");
     kmes.teardown().expect("teardown");
 }

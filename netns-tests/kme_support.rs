@@ -35,8 +35,17 @@ pub async fn start_kme_pair(tag: &str, kme: KmeOptions) -> AgentPair {
     let mut opts = options(tag);
     opts.kme = Some(kme);
     let pair = start_pair(opts).await;
-    // The tunnel keyed means the link is up and the pool holds key.
+    // The tunnel keyed means the link is up; a second QKD block leaves
+    // key for applications beside the tunnel's and the link's reserve.
     wait_keyed(&pair, 1, Duration::from_secs(120)).await;
+    pair.wait_status(
+        Side::A,
+        Duration::from_secs(120),
+        "a second QKD block",
+        |s| link(s).qkd.blocks_ok >= 2,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     pair
 }
 
@@ -76,7 +85,12 @@ pub async fn sae(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> O
 }
 
 /// Like [`sae`], but the call must succeed; returns the keys printed.
-pub async fn sae_keys(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> Vec<PrintedKey> {
+pub async fn sae_keys(
+    pair: &AgentPair,
+    side: Side,
+    sae_id: &str,
+    call: &[&str],
+) -> Vec<PrintedKey> {
     let out = sae(pair, side, sae_id, call).await;
     assert!(
         out.status.success(),
@@ -105,4 +119,26 @@ pub async fn sae_refused(pair: &AgentPair, side: Side, sae_id: &str, call: &[&st
         String::from_utf8_lossy(&out.stdout)
     );
     stderr
+}
+
+/// Keys the KME delivered to `sae` (`call`: "enc" or "dec"), from status.
+pub fn kme_delivered(s: &qkd_ipsec::ops::BoardSnapshot, sae: &str, call: &str) -> u64 {
+    s.kme
+        .iter()
+        .filter(|e| e.sae == sae)
+        .map(|e| match call {
+            "enc" => e.enc_keys_total,
+            "dec" => e.dec_keys_total,
+            _ => panic!("no KME call {call}"),
+        })
+        .sum()
+}
+
+/// Requests the KME refused to `sae`, from status.
+pub fn kme_refused(s: &qkd_ipsec::ops::BoardSnapshot, sae: &str) -> u64 {
+    s.kme
+        .iter()
+        .filter(|e| e.sae == sae)
+        .map(|e| e.refused_requests_total)
+        .sum()
 }

@@ -42,15 +42,22 @@ async fn client(pair: &AgentPair, wrong_key: bool) -> (bool, String) {
     let bin = example("tls_psk");
     let mut c = in_netns(&pair.bed().host_a.name, bin.to_str().expect("UTF-8"), &args);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let out = within(Duration::from_secs(90), "a tls_psk client session", c.output())
-        .await
-        .expect("run the tls_psk client");
+    let out = within(
+        Duration::from_secs(90),
+        "a tls_psk client session",
+        c.output(),
+    )
+    .await
+    .expect("run the tls_psk client");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    println!("tls_psk client (wrong key: {wrong_key}): {}", text.trim_end());
+    println!(
+        "tls_psk client (wrong key: {wrong_key}): {}",
+        text.trim_end()
+    );
     (out.status.success(), text)
 }
 
@@ -94,19 +101,35 @@ async fn tls_13_psk_sessions_with_qkd_keys_and_a_wrong_key_fails() {
 
     let (ok1, t1) = client(&pair, false).await;
     let (ok2, t2) = client(&pair, false).await;
-    assert!(ok1 && ok2, "a session with the right key failed:\n{t1}\n{t2}");
+    assert!(
+        ok1 && ok2,
+        "a session with the right key failed:\n{t1}\n{t2}"
+    );
     let (k1, k2) = (key_id(&t1), key_id(&t2));
-    assert!(k1.is_some() && k1 != k2, "each session needs a key of its own: {k1:?} {k2:?}");
+    assert!(
+        k1.is_some() && k1 != k2,
+        "each session needs a key of its own: {k1:?} {k2:?}"
+    );
 
     let (bad, t3) = client(&pair, true).await;
     assert!(!bad, "a handshake with a flipped key bit succeeded:\n{t3}");
-    assert!(t3.contains("handshake"), "the failure must be the handshake's: {t3}");
+    assert!(
+        t3.contains("handshake"),
+        "the failure must be the handshake's: {t3}"
+    );
 
-    let out = within(Duration::from_secs(60), "the tls_psk server to exit", server.wait_with_output())
-        .await
-        .expect("tls_psk server");
+    let out = within(
+        Duration::from_secs(60),
+        "the tls_psk server to exit",
+        server.wait_with_output(),
+    )
+    .await
+    .expect("tls_psk server");
     let log = String::from_utf8_lossy(&out.stdout);
-    println!("tls_psk server:\n{log}{}", String::from_utf8_lossy(&out.stderr));
+    println!(
+        "tls_psk server:\n{log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "the server failed");
     assert_eq!(
         log.matches("served").count(),

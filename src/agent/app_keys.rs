@@ -202,8 +202,7 @@ impl KeyService for PoolKeyService {
         let keys = self
             .desk
             .pending
-            .take_all(&req.master, &req.slave, &req.key_ids)
-            .map_err(|_| ServiceError::UnknownKeyIds)?;
+            .take_all(&req.master, &req.slave, &req.key_ids)?;
         Ok(keys
             .into_iter()
             .map(|(id, k)| KeyItem::new(id, k))

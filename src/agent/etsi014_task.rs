@@ -102,6 +102,9 @@ impl Etsi014Task {
     async fn run_master(mut self) -> Result<(), AgentError> {
         let mut master = Master::new(source_config(&self.settings));
         let mut session: Option<u64> = None;
+        // When the pending offer's fetch began (its delivery time is
+        // reported when the peer accepts it).
+        let mut fetch_began = Instant::now();
         loop {
             let now_ready = *self.ready.borrow();
             if now_ready != session {
@@ -110,9 +113,10 @@ impl Etsi014Task {
                 }
                 session = now_ready;
             }
-            let available = lock(&self.pool).pool().available();
+            let available = usable(&lock(&self.pool));
             match master.poll(Instant::now(), session.is_some(), available) {
                 MasterAction::Fetch { number } => {
+                    fetch_began = Instant::now();
                     let result = tokio::select! {
                         () = self.cancel.cancelled() => return Ok(()),
                         r = self.fetch(number) => r,
@@ -141,7 +145,7 @@ impl Etsi014Task {
                     tokio::select! {
                         () = self.cancel.cancelled() => return Ok(()),
                         changed = self.ready.changed() => if changed.is_err() { return Ok(()) },
-                        Some(m) = self.inbound.recv() => self.on_master_inbound(&mut master, session, m).await?,
+                        Some(m) = self.inbound.recv() => self.on_master_inbound(&mut master, session, m, fetch_began).await?,
                         Some(f) = self.fibre_rx.recv() => self.unexpected(f.payload.len()),
                         Some(q) = self.qkd_rx.recv() => self.unexpected(q.payload.len()),
                         () = tokio::time::sleep_until(wake) => {}
@@ -156,6 +160,7 @@ impl Etsi014Task {
         master: &mut Master,
         session: Option<u64>,
         m: SourceInbound,
+        fetch_began: Instant,
     ) -> Result<(), AgentError> {
         let ack = match m.msg {
             SourceMessage::Ack(ack) if Some(m.session) == session => ack,
@@ -166,7 +171,7 @@ impl Etsi014Task {
             }
         };
         match master.acked(Instant::now(), ack) {
-            Ok((block, bytes)) => self.append(block, bytes).await.map(drop),
+            Ok((block, bytes)) => self.append(block, bytes, fetch_began).await.map(drop),
             Err(SourceError::UnexpectedAck(block)) => {
                 tracing::warn!(peer = %self.peer, block = block.0, "acknowledgement of a block not pending (late or duplicate); ignored");
                 Ok(())
@@ -216,6 +221,7 @@ impl Etsi014Task {
         offer: KeyOffer,
     ) -> Result<(), AgentError> {
         let block = offer.block;
+        let arrived = Instant::now();
         let next = lock(&self.pool).pool().next_block_id();
         let outcome = match slave.check_offer(&offer, next, &self.seen) {
             Ok(()) => self.dec_keys(&offer).await.map_err(SourceError::from),
@@ -234,7 +240,7 @@ impl Etsi014Task {
             // its copy, so this side must not keep one either.
             return Ok(());
         }
-        let appended = self.append(block, bytes).await?;
+        let appended = self.append(block, bytes, arrived).await?;
         self.ack(block, appended).await;
         Ok(())
     }
@@ -261,9 +267,15 @@ impl Etsi014Task {
         }
     }
 
-    /// Appends an agreed block; reports success or the failure (a store
-    /// error is the pool's to log, not a reason to stop the agent).
-    async fn append(&self, block: BlockId, bytes: SecretBytes) -> Result<bool, AgentError> {
+    /// Appends an agreed block; reports success (with the time since
+    /// `began`: the block's delivery) or the failure (a store error is the
+    /// pool's to log, not a reason to stop the agent).
+    async fn append(
+        &self,
+        block: BlockId,
+        bytes: SecretBytes,
+        began: Instant,
+    ) -> Result<bool, AgentError> {
         let len = bytes.len() as u64;
         let pool = Arc::clone(&self.pool);
         let appended = tokio::task::spawn_blocking(move || lock(&pool).append(block, bytes))
@@ -273,7 +285,7 @@ impl Etsi014Task {
             Ok(()) => {
                 let keys = len / u64::from(self.settings.key_size_bits / 8);
                 tracing::info!(peer = %self.peer, block = block.0, keys, bytes = len, "ETSI 014 keys appended to the pool");
-                self.reporter.key_source_ok(keys, len);
+                self.reporter.key_source_ok(keys, len, began.elapsed());
                 self.observer.pool_changed(&self.peer);
                 Ok(true)
             }
@@ -323,4 +335,25 @@ fn retryable(e: &KmeError) -> bool {
         KmeError::Connect { .. } | KmeError::Timeout { .. } | KmeError::Http { .. } => true,
         _ => false,
     }
+}
+
+/// What the pool holds for keys: everything unconsumed but block 0, the
+/// bootstrap secret's tail, which authenticates and is never an SA's or an
+/// application's key (see `tunnel_task::ReservedPool`). The master fills up
+/// to `pool_target_bytes` of this.
+fn usable(pool: &PersistedPool) -> u64 {
+    let bootstrap: u64 = pool
+        .summary()
+        .blocks
+        .iter()
+        .filter(|b| b.id == BlockId(0))
+        .map(|b| {
+            b.consumed
+                .gaps(0, b.len)
+                .iter()
+                .map(|&(a, z)| u64::from(z - a))
+                .sum::<u64>()
+        })
+        .sum();
+    pool.pool().available().saturating_sub(bootstrap)
 }

@@ -67,6 +67,9 @@ struct PeerParts {
     pool: Arc<Mutex<PersistedPool>>,
     ready: watch::Receiver<Option<u64>>,
     reporter: PeerReporter,
+    /// Pool bytes SA and application keys must leave for the QKD link's
+    /// authentication (none on an ETSI 014 link: no QKD protocol runs).
+    reserve: u64,
 }
 
 /// Runs the agent for `config` until `cancel`, then stops as configured.
@@ -203,7 +206,7 @@ async fn serve(
             owned,
             xfrm: Arc::clone(xfrm),
             pool: Arc::clone(&peer.pool),
-            reserve: AUTH_RESERVE_BLOCKS * AUTH_KEY_BYTES_PER_BLOCK as u64,
+            reserve: peer.reserve,
             peer: peer.handle.clone(),
             ready: peer.ready.clone(),
             inbound,
@@ -425,11 +428,17 @@ async fn start_peer(
         Arc::clone(&pool),
         cancel.clone(),
     ));
+    let reserve = if p.etsi014.is_some() {
+        0
+    } else {
+        AUTH_RESERVE_BLOCKS * AUTH_KEY_BYTES_PER_BLOCK as u64
+    };
     Ok(PeerParts {
         handle,
         pool,
         ready: ready_rx,
         reporter,
+        reserve,
     })
 }
 
@@ -449,7 +458,7 @@ async fn start_kme(
                 pool: Arc::clone(&p.pool),
                 handle: p.handle.clone(),
                 ready: p.ready.clone(),
-                reserve: AUTH_RESERVE_BLOCKS * AUTH_KEY_BYTES_PER_BLOCK as u64,
+                reserve: p.reserve,
             };
             (name.clone(), keys)
         })

@@ -588,3 +588,25 @@ fn the_module_documentation_example_is_a_valid_file() {
     let c = parse(&example).unwrap();
     assert_eq!((c.peers.len(), c.tunnels.len()), (1, 1));
 }
+
+#[test]
+fn etsi014_deploy_examples_parse_and_agree() {
+    let dir = TestDir::new("config-deploy-etsi014");
+    let parse = |text: &str, name: &str| {
+        Config::parse(text, &dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let a = parse(
+        include_str!("../../deploy/etsi014/gateway-a.toml"),
+        "gateway-a.toml",
+    );
+    let b = parse(
+        include_str!("../../deploy/etsi014/gateway-b.toml"),
+        "gateway-b.toml",
+    );
+    for c in [&a, &b] {
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(c.peers[0].etsi014.is_some() && c.kme.is_some());
+    }
+    assert_eq!(check_pair(&a, &b, PairCredentials::default()), vec![]);
+    assert_eq!(check_pair(&b, &a, PairCredentials::default()), vec![]);
+}

@@ -142,6 +142,8 @@ pub enum KmeError {
     UnexpectedKeyId(Uuid),
     #[error("the KME cannot serve {want} bits per key: {why}")]
     Unserviceable { want: u32, why: String },
+    #[error("{call}: {number} keys asked for; one request holds 1 to {MAX_KEYS_PER_DOCUMENT}")]
+    TooManyKeys { call: KmeCall, number: u32 },
 }
 
 impl KmeError {
@@ -339,11 +341,7 @@ impl KmeClient {
         let call = KmeCall::EncKeys;
         check_size(size_bits)?;
         if number == 0 || number as usize > MAX_KEYS_PER_DOCUMENT {
-            return Err(KmeError::WrongCount {
-                call,
-                got: 0,
-                want: number as usize,
-            });
+            return Err(KmeError::TooManyKeys { call, number });
         }
         let request = KeyRequest {
             number: Some(number),

@@ -98,10 +98,7 @@ impl KeyService for MemoryKeyService {
     }
 
     async fn dec_keys(&self, req: DecRequest) -> Result<Vec<KeyItem>, ServiceError> {
-        let keys = self
-            .own
-            .take_all(&req.master, &req.slave, &req.key_ids)
-            .map_err(|_| ServiceError::UnknownKeyIds)?;
+        let keys = self.own.take_all(&req.master, &req.slave, &req.key_ids)?;
         Ok(keys
             .into_iter()
             .map(|(id, k)| KeyItem::new(id, k))

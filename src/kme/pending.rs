@@ -18,8 +18,12 @@ pub enum PendingError {
     Full { capacity: usize },
     #[error("key_ID {0} is already pending")]
     Duplicate(Uuid),
-    #[error("key_IDs unknown, not shared between these SAEs, or already delivered")]
+    #[error("key_IDs unknown or already delivered")]
     Unknown,
+    /// A key_ID is held, but for another pair of SAEs: the caller's
+    /// certificate is not the one these keys are for (HTTP 401).
+    #[error("key_IDs held for other SAEs")]
+    NotYours,
 }
 
 struct PendingKey {
@@ -101,8 +105,10 @@ impl PendingTable {
 
     /// Removes and returns the keys of `ids`, in that order, if every one
     /// is held for this master and slave; otherwise changes nothing. The
-    /// error does not say which ID failed nor why, so a caller learns
-    /// nothing about keys of other SAE pairs.
+    /// error does not say which ID failed; it says `NotYours` when one is
+    /// held for another SAE pair (the spec's 401: the caller presented the
+    /// wrong SAE's certificate), which tells a caller no more than that an
+    /// ID it already knows — a random 122-bit value — exists.
     pub fn take_all(
         &self,
         master: &str,
@@ -110,13 +116,18 @@ impl PendingTable {
         ids: &[Uuid],
     ) -> Result<Vec<(Uuid, SecretBytes)>, PendingError> {
         let mut table = self.lock();
-        let held = |id: &Uuid| {
+        if ids.iter().any(|id| {
             table
                 .get(id)
-                .is_some_and(|k| k.master == master && k.slave == slave)
-        };
+                .is_some_and(|k| k.master != master || k.slave != slave)
+        }) {
+            return Err(PendingError::NotYours);
+        }
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        if !ids.iter().all(|id| held(id) && seen.insert(*id)) {
+        if !ids
+            .iter()
+            .all(|id| table.contains_key(id) && seen.insert(*id))
+        {
             return Err(PendingError::Unknown);
         }
         Ok(ids
@@ -143,11 +154,11 @@ mod tests {
         // Another pair, or another slave, gets nothing and changes nothing.
         assert_eq!(
             t.take_all("sae-x", "sae-b", &[a]).err(),
-            Some(PendingError::Unknown)
+            Some(PendingError::NotYours)
         );
         assert_eq!(
             t.take_all("sae-a", "sae-x", &[a]).err(),
-            Some(PendingError::Unknown)
+            Some(PendingError::NotYours)
         );
         // All or nothing.
         let unknown = Uuid::new_v4();

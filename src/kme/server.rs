@@ -9,11 +9,11 @@
 //!
 //! Errors carry a §6.5 Error body: 400 for a request that cannot be served
 //! as written (malformed, out of bounds, an unsupported mandatory
-//! extension, multicast, a key_ID that is unknown, not shared between
-//! these two SAEs or already delivered — the spec's "Bad request format"),
-//! 401 for a caller whose certificate names no configured SAE or who may
-//! not get keys shared with the SAE in the path (no details: it learns
-//! nothing about keys or SAEs), 503 when keys cannot be had now (pool
+//! extension, multicast, a key_ID that is unknown or already delivered —
+//! the spec's "Bad request format"), 401 for a caller whose certificate
+//! names no configured SAE, who may not get keys shared with the SAE in
+//! the path, or who asks for key_IDs held for another SAE pair (no
+//! details: it learns nothing about keys or SAEs), 503 when keys cannot be had now (pool
 //! short, peer KME down or slow or full). A client without a certificate
 //! from the configured CA never gets past the TLS handshake.
 
@@ -372,6 +372,7 @@ async fn dec_keys<S: KeyService>(
 fn service_refusal(e: ServiceError, size_bits: u32) -> Refusal {
     match e {
         ServiceError::UnknownKeyIds => Refusal::bad(e.to_string()),
+        ServiceError::NotYourKeys => Refusal::unauthorized(),
         ServiceError::NotEnoughKey { available_bytes } => {
             let keys = available_bytes / u64::from(size_bits / 8).max(1);
             let mut r = Refusal::unavailable("not enough key material");

@@ -50,10 +50,22 @@ pub enum ServiceError {
     PeerTimeout,
     #[error("the slave SAE's KME refused the keys ({0})")]
     PeerRefused(AckOutcome),
-    #[error("key_IDs unknown, not shared between these SAEs, or already delivered")]
+    #[error("key_IDs unknown or already delivered")]
     UnknownKeyIds,
+    #[error("unauthorized")]
+    NotYourKeys,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<super::PendingError> for ServiceError {
+    fn from(e: super::PendingError) -> Self {
+        match e {
+            super::PendingError::NotYours => ServiceError::NotYourKeys,
+            super::PendingError::Unknown => ServiceError::UnknownKeyIds,
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
 }
 
 /// Where keys come from. Implemented by the agent over its pools, and by

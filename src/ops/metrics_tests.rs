@@ -267,7 +267,7 @@ fn full_board_exposition_is_valid_and_carries_the_figures() {
     // The ETSI 014 key source: counters, the alarm and its clearing.
     peer.set_key_source("https://kme-a.example:8443", "master");
     peer.key_source_failed("the KME answered 503 to enc_keys: no key");
-    peer.key_source_ok(8, 256);
+    peer.key_source_ok(8, 256, std::time::Duration::from_millis(3));
     peer.key_source_failed("cannot connect to the KME");
     let snap = board.snapshot();
     let ks = snap.peers[0].key_source.as_ref().unwrap();
@@ -286,7 +286,7 @@ fn full_board_exposition_is_valid_and_carries_the_figures() {
         shown.contains("key source: ETSI 014 master at https://kme-a.example:8443"),
         "{shown}"
     );
-    peer.key_source_ok(8, 256);
+    peer.key_source_ok(8, 256, std::time::Duration::from_millis(3));
     assert!(
         !board
             .snapshot()

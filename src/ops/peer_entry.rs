@@ -167,18 +167,20 @@ impl PeerReporter {
             errors: 0,
             last_error: None,
             last_success_unix_ms: None,
+            last_delivery_us: None,
         });
     }
 
-    /// The key source appended `keys` keys (`bytes` bytes) to the pool;
-    /// clears `KeySourceFailed`.
-    pub fn key_source_ok(&self, keys: u64, bytes: u64) {
+    /// The key source appended `keys` keys (`bytes` bytes) to the pool,
+    /// `delivery` after it began fetching them; clears `KeySourceFailed`.
+    pub fn key_source_ok(&self, keys: u64, bytes: u64, delivery: Duration) {
         let now = self.board.now();
         if let Some(k) = write(&self.entry).key_source.as_mut() {
             k.keys_fetched += keys;
             k.bytes_fetched += bytes;
             k.last_error = None;
             k.last_success_unix_ms = Some(unix_ms(now));
+            k.last_delivery_us = Some(u64::try_from(delivery.as_micros()).unwrap_or(u64::MAX));
         }
         self.board.clear(AlarmKind::KeySourceFailed, &self.name);
     }

@@ -115,11 +115,15 @@ fn render_peer(out: &mut String, p: &PeerSnapshot, now: u64) {
     if let Some(k) = &p.key_source {
         let _ = writeln!(
             out,
-            "      key source: ETSI 014 {} at {}, {} keys ({} bytes) fetched, {} errors{}",
+            "      key source: ETSI 014 {} at {}, {} keys ({} bytes) fetched{}, {} errors{}",
             k.role,
             k.kme_url,
             k.keys_fetched,
             k.bytes_fetched,
+            k.last_delivery_us.map_or(String::new(), |us| format!(
+                ", last block in {:.1} ms",
+                us as f64 / 1e3
+            )),
             k.errors,
             k.last_error
                 .as_deref()

@@ -126,6 +126,11 @@ pub struct KeySourceSnapshot {
     /// The latest failure, until the next success.
     pub last_error: Option<String>,
     pub last_success_unix_ms: Option<u64>,
+    /// The last block's delivery: master, from its status call to the
+    /// slave's acceptance (status, enc_keys, offer, the slave's dec_keys,
+    /// ack); slave, from the offer to the block in its pool.
+    #[serde(default)]
+    pub last_delivery_us: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -415,7 +415,10 @@ fn render_etsi014(side: Side, e: &Etsi014Options, line: &mut impl FnMut(String))
 /// allowed the keys it shares with the other gateway.
 fn render_kme(side: Side, kme: &KmeOptions, files: &GatewayFiles) -> String {
     let mut t = String::from("\n[kme]\n");
-    t.push_str(&format!("kme_id = {}\n", quoted(&format!("kme-{}", side.gateway_name()))));
+    t.push_str(&format!(
+        "kme_id = {}\n",
+        quoted(&format!("kme-{}", side.gateway_name()))
+    ));
     t.push_str(&format!("ca = {}\n", path_str(&files.kme.ca)));
     t.push_str(&format!("cert = {}\n", path_str(&files.kme.cert)));
     t.push_str(&format!("key = {}\n", path_str(&files.kme.key)));
@@ -581,7 +584,10 @@ mod tests {
             key: format!("/pki/{id}.key").into(),
         };
         opts.etsi014 = Some(Etsi014Options {
-            kme_url: ["https://172.16.0.1:8443".into(), "https://172.16.1.1:8443".into()],
+            kme_url: [
+                "https://172.16.0.1:8443".into(),
+                "https://172.16.1.1:8443".into(),
+            ],
             tls: [tls("sae-2a"), tls("sae-2b")],
             sae_id: ["sae-2a".into(), "sae-2b".into()],
             key_size: 256,
