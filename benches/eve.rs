@@ -80,7 +80,8 @@ async fn sink(listener: TcpListener, done: mpsc::Sender<usize>) {
             let (_, reply) = AcceptorHandshake::respond(&f, &hello, &channel_key(), ACCEPTOR_NONCE);
             break (f.total_len(), reply);
         }
-        if s.read_buf(&mut buf).await.unwrap() == 0 {
+        // End of stream, or the client reset it when a benchmark ended.
+        if !matches!(s.read_buf(&mut buf).await, Ok(n) if n > 0) {
             return;
         }
     };
@@ -90,9 +91,12 @@ async fn sink(listener: TcpListener, done: mpsc::Sender<usize>) {
         while let Ok(Split::Frame(f)) = split_frame(&buf, &limits) {
             let n = f.total_len();
             let _ = buf.split_to(n);
-            done.send(n).await.unwrap();
+            if done.send(n).await.is_err() {
+                return;
+            }
         }
-        if s.read_buf(&mut buf).await.unwrap() == 0 {
+        // End of stream, or the client reset it when a benchmark ended.
+        if !matches!(s.read_buf(&mut buf).await, Ok(n) if n > 0) {
             return;
         }
     }
