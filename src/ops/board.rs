@@ -12,44 +12,16 @@
 //! names — never key bytes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
-use super::alarm::{self, Alarm, AlarmKind, AlarmLog, ClearReason};
+use super::alarm::{Alarm, AlarmKind};
+use super::alarm_desk::AlarmDesk;
+pub use super::alarm_desk::{BoardOptions, Clock};
 use super::peer_entry::{PeerEntry, PeerReporter};
 use super::snapshot::{BoardSnapshot, PeerRole, SaeSnapshot};
 use super::tunnel_entry::{TunnelEntry, TunnelReporter};
-use super::unix_ms;
-
-/// Where the board reads the time (tests pass a manual clock).
-pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
-
-/// Tunables of the board.
-#[derive(Clone, Debug)]
-pub struct BoardOptions {
-    /// The key rate is final key bits over this window.
-    pub key_rate_window: Duration,
-    /// Most entries the alarm list keeps (active and cleared).
-    pub alarm_capacity: usize,
-    /// Event-like alarms clear after this long without a repeat.
-    pub alarm_quiet_period: Duration,
-    /// A dialing link raises `PeerUnreachable` after this many failed dials
-    /// in a row (0 = never).
-    pub unreachable_after_attempts: u32,
-}
-
-impl Default for BoardOptions {
-    fn default() -> Self {
-        Self {
-            // A minute spans tens of blocks at the simulated rates, so the
-            // rate is smooth but still follows an eavesdropper within a minute.
-            key_rate_window: Duration::from_secs(60),
-            alarm_capacity: 256,
-            alarm_quiet_period: Duration::from_secs(600),
-            unreachable_after_attempts: 3,
-        }
-    }
-}
+use super::{lock, read, unix_ms, write};
 
 /// The agent's status board; clone it freely (it is an `Arc`).
 #[derive(Clone)]
@@ -60,11 +32,10 @@ pub struct StatusBoard {
 struct Inner {
     gateway: String,
     started: SystemTime,
-    clock: Clock,
-    options: BoardOptions,
+    /// Clock, options and alarms, shared with every reporter.
+    desk: Arc<AlarmDesk>,
     peers: RwLock<BTreeMap<String, Arc<RwLock<PeerEntry>>>>,
     tunnels: RwLock<BTreeMap<String, Arc<RwLock<TunnelEntry>>>>,
-    alarms: Mutex<AlarmLog>,
     kme: Mutex<BTreeMap<String, SaeSnapshot>>,
 }
 
@@ -94,16 +65,13 @@ impl StatusBoard {
 
     pub fn with_options(gateway: impl Into<String>, options: BoardOptions, clock: Clock) -> Self {
         let started = clock();
-        let alarms = AlarmLog::new(options.alarm_capacity, options.alarm_quiet_period);
         Self {
             inner: Arc::new(Inner {
                 gateway: gateway.into(),
                 started,
-                clock,
-                options,
+                desk: Arc::new(AlarmDesk::new(options, clock)),
                 peers: RwLock::default(),
                 tunnels: RwLock::default(),
-                alarms: Mutex::new(alarms),
                 kme: Mutex::default(),
             }),
         }
@@ -114,11 +82,11 @@ impl StatusBoard {
     }
 
     pub(crate) fn now(&self) -> SystemTime {
-        (self.inner.clock)()
+        self.inner.desk.now()
     }
 
     pub(crate) fn options(&self) -> &BoardOptions {
-        &self.inner.options
+        self.inner.desk.options()
     }
 
     /// Registers a peer link (or returns the existing entry, with its role
@@ -131,7 +99,7 @@ impl StatusBoard {
             .clone();
         drop(peers);
         write(&entry).set_role(role);
-        PeerReporter::new(self.clone(), entry, name)
+        PeerReporter::new(Arc::clone(&self.inner.desk), entry, name)
     }
 
     /// Registers a tunnel (or returns the existing entry, its peer updated).
@@ -143,7 +111,7 @@ impl StatusBoard {
             .clone();
         drop(tunnels);
         write(&entry).set_peer(peer);
-        TunnelReporter::new(self.clone(), entry, name)
+        TunnelReporter::new(Arc::clone(&self.inner.desk), entry, name)
     }
 
     /// Shows an SAE of the KME with zero counts (so its metrics exist
@@ -179,26 +147,16 @@ impl StatusBoard {
     /// Raises an alarm, or counts a repeat of an active one. A new episode
     /// is logged once (error for critical kinds, warn otherwise).
     pub fn raise(&self, alarm: Alarm) {
-        let now = self.now();
-        let (raised, count) = lock(&self.inner.alarms).raise(alarm.clone(), now);
-        alarm::log_raised(&alarm, raised, count);
+        self.inner.desk.raise(alarm);
     }
 
     /// Clears an active alarm (logged at info); false if none was active.
     pub fn clear(&self, kind: AlarmKind, subject: &str) -> bool {
-        let now = self.now();
-        let cleared = lock(&self.inner.alarms).clear(kind, subject, now);
-        match cleared {
-            Some(a) => {
-                alarm::log_cleared(&a, ClearReason::Resolved);
-                true
-            }
-            None => false,
-        }
+        self.inner.desk.clear(kind, subject)
     }
 
     pub fn is_alarm_active(&self, kind: AlarmKind, subject: &str) -> bool {
-        lock(&self.inner.alarms).is_active(kind, subject)
+        self.inner.desk.is_active(kind, subject)
     }
 
     /// A consistent-enough picture: each entry is copied under its own lock,
@@ -209,19 +167,10 @@ impl StatusBoard {
         let tunnels: Vec<_> = read(&self.inner.tunnels).values().cloned().collect();
         let peers = peers
             .iter()
-            .map(|e| read(e).snapshot(now, self.inner.options.key_rate_window))
+            .map(|e| read(e).snapshot(now, self.options().key_rate_window))
             .collect();
         let tunnels = tunnels.iter().map(|e| read(e).snapshot()).collect();
-        let (alarms, alarms_raised_total) = {
-            let mut log = lock(&self.inner.alarms);
-            let quiet = log.expire_quiet(now);
-            let snap = log.snapshot();
-            drop(log);
-            for a in &quiet {
-                alarm::log_cleared(a, ClearReason::Quiet(self.inner.options.alarm_quiet_period));
-            }
-            snap
-        };
+        let (alarms, alarms_raised_total) = self.inner.desk.snapshot(now);
         BoardSnapshot {
             gateway: self.inner.gateway.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -234,20 +183,6 @@ impl StatusBoard {
             kme: lock(&self.inner.kme).values().cloned().collect(),
         }
     }
-}
-
-// A panic in one updater must not take status down with it: the data behind
-// a poisoned lock is plain numbers, still worth showing.
-pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

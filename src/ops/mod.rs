@@ -40,6 +40,7 @@
 //! ```
 
 pub mod alarm;
+mod alarm_desk;
 pub mod board;
 pub mod logging;
 pub mod metrics;
@@ -51,6 +52,7 @@ pub mod snapshot;
 pub mod status_server;
 mod tunnel_entry;
 
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use alarm::{Alarm, AlarmKind, AuthSource, QberBasis};
@@ -67,6 +69,20 @@ pub use status_server::{
     query_status,
 };
 pub use tunnel_entry::TunnelReporter;
+
+// A panic in one updater must not take status down with it: the data behind
+// a poisoned lock is plain numbers, still worth showing.
+pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Milliseconds since the Unix epoch (0 for times before it).
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {

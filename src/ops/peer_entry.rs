@@ -9,12 +9,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::alarm::{Alarm, AlarmKind, AuthSource, QberBasis};
-use super::board::{StatusBoard, write};
+use super::alarm_desk::AlarmDesk;
 use super::snapshot::{
     CauseCount, ChannelSnapshot, ChannelState, KeySourceSnapshot, LastBlock, LinkSource, PeerRole,
     PeerSnapshot, PoolSnapshot, QkdSnapshot, UseBytes,
 };
 use super::unix_ms;
+use super::write;
 use crate::keys::{KeyUse, PoolStatus};
 use crate::peer::{CounterSnapshot, LinkState};
 use crate::qkd::link::{AbortCause, BlockReport};
@@ -27,7 +28,7 @@ const MAX_RATE_SAMPLES: usize = 1024;
 /// takes the entry's lock briefly and never blocks on I/O.
 #[derive(Clone)]
 pub struct PeerReporter {
-    board: StatusBoard,
+    desk: Arc<AlarmDesk>,
     entry: Arc<RwLock<PeerEntry>>,
     name: Arc<str>,
 }
@@ -139,9 +140,9 @@ struct AlarmActions {
 }
 
 impl PeerReporter {
-    pub(crate) fn new(board: StatusBoard, entry: Arc<RwLock<PeerEntry>>, name: &str) -> Self {
+    pub(crate) fn new(desk: Arc<AlarmDesk>, entry: Arc<RwLock<PeerEntry>>, name: &str) -> Self {
         Self {
-            board,
+            desk,
             entry,
             name: name.into(),
         }
@@ -174,7 +175,7 @@ impl PeerReporter {
     /// The key source appended `keys` keys (`bytes` bytes) to the pool,
     /// `delivery` after it began fetching them; clears `KeySourceFailed`.
     pub fn key_source_ok(&self, keys: u64, bytes: u64, delivery: Duration) {
-        let now = self.board.now();
+        let now = self.desk.now();
         if let Some(k) = write(&self.entry).key_source.as_mut() {
             k.keys_fetched += keys;
             k.bytes_fetched += bytes;
@@ -182,7 +183,7 @@ impl PeerReporter {
             k.last_success_unix_ms = Some(unix_ms(now));
             k.last_delivery_us = Some(u64::try_from(delivery.as_micros()).unwrap_or(u64::MAX));
         }
-        self.board.clear(AlarmKind::KeySourceFailed, &self.name);
+        self.desk.clear(AlarmKind::KeySourceFailed, &self.name);
     }
 
     /// The key source failed (`error` names no key bytes); raises
@@ -192,7 +193,7 @@ impl PeerReporter {
             k.errors += 1;
             k.last_error = Some(error.to_string());
         }
-        self.board.raise(Alarm::KeySourceFailed {
+        self.desk.raise(Alarm::KeySourceFailed {
             peer: self.name.to_string(),
             error: error.to_string(),
         });
@@ -205,8 +206,8 @@ impl PeerReporter {
     /// (peer channel); a dialer with `unreachable_after_attempts` failed
     /// dials in a row raises `PeerUnreachable`, which a connection clears.
     pub fn set_link(&self, state: &LinkState, counters: &CounterSnapshot) {
-        let now = self.board.now();
-        let threshold = self.board.options().unreachable_after_attempts;
+        let now = self.desk.now();
+        let threshold = self.desk.options().unreachable_after_attempts;
         let mut actions = AlarmActions::default();
         {
             let mut e = write(&self.entry);
@@ -261,7 +262,7 @@ impl PeerReporter {
     /// a verification mismatch `VerificationFailed`; a block that produced
     /// key clears `QberAboveThreshold` (the link is back under threshold).
     pub fn record_block(&self, report: &BlockReport) {
-        let now = self.board.now();
+        let now = self.desk.now();
         let mut actions = AlarmActions::default();
         {
             let mut e = write(&self.entry);
@@ -281,7 +282,7 @@ impl PeerReporter {
                         e.rate_samples.pop_front();
                     }
                     e.rate_samples.push_back((now, report.final_bits));
-                    let window = self.board.options().key_rate_window;
+                    let window = self.desk.options().key_rate_window;
                     while e
                         .rate_samples
                         .front()
@@ -326,7 +327,7 @@ impl PeerReporter {
 
     /// Copies the pool's figures (sizes and per-use consumption).
     pub fn set_pool(&self, pool: &PoolStatus) {
-        let now = self.board.now();
+        let now = self.desk.now();
         let consumed = KeyUse::ALL
             .iter()
             .map(|&u| {
@@ -353,22 +354,22 @@ impl PeerReporter {
     /// Raises `PoolExhausted` for this peer (a take was refused for lack of
     /// key); cleared by [`PeerReporter::pool_refilled`].
     pub fn pool_exhausted(&self) {
-        self.board.raise(Alarm::PoolExhausted {
+        self.desk.raise(Alarm::PoolExhausted {
             peer: self.name.to_string(),
         });
     }
 
     /// Clears `PoolExhausted` (a take succeeded again).
     pub fn pool_refilled(&self) {
-        self.board.clear(AlarmKind::PoolExhausted, &self.name);
+        self.desk.clear(AlarmKind::PoolExhausted, &self.name);
     }
 
     fn apply(&self, actions: AlarmActions) {
         for kind in actions.clear {
-            self.board.clear(kind, &self.name);
+            self.desk.clear(kind, &self.name);
         }
         for alarm in actions.raise {
-            self.board.raise(alarm);
+            self.desk.raise(alarm);
         }
     }
 }

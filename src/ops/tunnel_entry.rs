@@ -8,11 +8,12 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use super::alarm::{Alarm, AlarmKind};
-use super::board::{StatusBoard, write};
+use super::alarm_desk::AlarmDesk;
 use super::snapshot::{
     RekeyCause, RekeyEvent, RekeyFailure, RekeyTally, SaUsage, TunnelSnapshot, TunnelState,
 };
 use super::unix_ms;
+use super::write;
 
 /// Longest rekey error text kept (errors come from our own types and carry
 /// no key bytes; the bound keeps one bad message from bloating status).
@@ -22,7 +23,7 @@ const MAX_ERROR_CHARS: usize = 240;
 /// takes the entry's lock briefly and never blocks on I/O.
 #[derive(Clone)]
 pub struct TunnelReporter {
-    board: StatusBoard,
+    desk: Arc<AlarmDesk>,
     entry: Arc<RwLock<TunnelEntry>>,
     name: Arc<str>,
 }
@@ -78,9 +79,9 @@ impl TunnelEntry {
 }
 
 impl TunnelReporter {
-    pub(crate) fn new(board: StatusBoard, entry: Arc<RwLock<TunnelEntry>>, name: &str) -> Self {
+    pub(crate) fn new(desk: Arc<AlarmDesk>, entry: Arc<RwLock<TunnelEntry>>, name: &str) -> Self {
         Self {
-            board,
+            desk,
             entry,
             name: name.into(),
         }
@@ -93,19 +94,19 @@ impl TunnelReporter {
     /// Sets the tunnel state. `DownFailedClosed` raises
     /// `TunnelFailedClosed`; any other state clears it.
     pub fn set_state(&self, state: TunnelState) {
-        let now = self.board.now();
+        let now = self.desk.now();
         let peer = {
             let mut e = write(&self.entry);
             e.set_state(state, now);
             e.snap.peer.clone()
         };
         if state == TunnelState::DownFailedClosed {
-            self.board.raise(Alarm::TunnelFailedClosed {
+            self.desk.raise(Alarm::TunnelFailedClosed {
                 tunnel: self.name.to_string(),
                 peer,
             });
         } else {
-            self.board.clear(AlarmKind::TunnelFailedClosed, &self.name);
+            self.desk.clear(AlarmKind::TunnelFailedClosed, &self.name);
         }
     }
 
@@ -113,7 +114,7 @@ impl TunnelReporter {
     /// usage counters reset, state `Up`. Clears `TunnelFailedClosed` and
     /// `RekeyFailed` for this tunnel.
     pub fn sa_installed(&self, generation: u64, spi_in: u32, spi_out: u32, cause: RekeyCause) {
-        let now = self.board.now();
+        let now = self.desk.now();
         {
             let mut e = write(&self.entry);
             let s = &mut e.snap;
@@ -132,15 +133,15 @@ impl TunnelReporter {
             s.rekeys[cause.index()].ok += 1;
             e.set_state(TunnelState::Up, now);
         }
-        self.board.clear(AlarmKind::TunnelFailedClosed, &self.name);
-        self.board.clear(AlarmKind::RekeyFailed, &self.name);
+        self.desk.clear(AlarmKind::TunnelFailedClosed, &self.name);
+        self.desk.clear(AlarmKind::RekeyFailed, &self.name);
     }
 
     /// Records a failed rekey and raises `RekeyFailed` (cleared by the next
     /// success, or after the quiet period). The state is left to the caller
     /// (the old SAs may still be valid).
     pub fn rekey_failed(&self, cause: RekeyCause, error: impl Display) {
-        let now = self.board.now();
+        let now = self.desk.now();
         let error: String = error.to_string().chars().take(MAX_ERROR_CHARS).collect();
         {
             let mut e = write(&self.entry);
@@ -151,7 +152,7 @@ impl TunnelReporter {
                 error: error.clone(),
             });
         }
-        self.board.raise(Alarm::RekeyFailed {
+        self.desk.raise(Alarm::RekeyFailed {
             tunnel: self.name.to_string(),
             cause,
             error,
@@ -161,7 +162,7 @@ impl TunnelReporter {
     /// Kernel byte/packet counters of the current SAs (the agent refreshes
     /// them from XFRM now and then).
     pub fn set_sa_usage(&self, usage: SaUsage) {
-        let now = self.board.now();
+        let now = self.desk.now();
         let mut e = write(&self.entry);
         e.snap.sa_usage = usage;
         e.snap.sa_usage_at_unix_ms = Some(unix_ms(now));
