@@ -31,6 +31,12 @@ const KIND_APP_KEYS_ACK: u8 = 5;
 const KIND_KEY_OFFER: u8 = 6;
 const KIND_KEY_OFFER_ACK: u8 = 7;
 
+/// A rekey message for one tunnel, with the session it arrived on.
+pub struct TunnelInbound {
+    pub session: u64,
+    pub payload: Vec<u8>,
+}
+
 pub enum ControlMessage {
     /// "This is what I hold": the first half of the reconnect agreement.
     PoolSummary(PoolSummary),

@@ -25,7 +25,7 @@ use crate::peer::{Inbound, LinkState, PeerHandle, Stream};
 
 use super::AgentError;
 use super::app_keys::AppKeyDesk;
-use super::control::ControlMessage;
+use super::control::{ControlMessage, TunnelInbound};
 use super::etsi014_task::{SourceInbound, SourceMessage};
 use super::qkd_task::lock;
 
@@ -33,12 +33,6 @@ use super::qkd_task::lock;
 const MAX_AGREEMENT_ROUNDS: u32 = 5;
 /// How often the transmitter considers switching the channel key.
 const CHANNEL_KEY_CHECK: Duration = Duration::from_secs(5);
-
-/// A rekey message for one tunnel, with the session it arrived on.
-pub struct TunnelInbound {
-    pub session: u64,
-    pub payload: Vec<u8>,
-}
 
 pub struct PeerTask {
     pub peer: String,

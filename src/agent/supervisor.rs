@@ -44,10 +44,11 @@ use crate::xfrm::{PolicySpec, XfrmError, XfrmEvents, XfrmHandle};
 
 use super::AgentError;
 use super::app_keys::{AppKeyDesk, BoardLog, PeerKeys, PoolKeyService};
+use super::control::TunnelInbound;
 use super::etsi014_task::Etsi014Task;
 use super::kernel_events::{Route, dispatch};
 use super::peer_status::{PeerObserver, report_link};
-use super::peer_task::{PeerTask, TunnelInbound};
+use super::peer_task::PeerTask;
 use super::qkd_task::{QkdTask, lock};
 use super::tunnel_task::{TunnelEvent, TunnelTask, direction_of};
 

@@ -37,8 +37,7 @@ use crate::secret::SecretBytes;
 use crate::xfrm::{SaId, XfrmError, XfrmHandle};
 
 use super::AgentError;
-use super::control::ControlMessage;
-use super::peer_task::TunnelInbound;
+use super::control::{ControlMessage, TunnelInbound};
 use super::qkd_task::lock;
 
 /// How often the kernel's byte and packet counters of the current SAs are

@@ -53,7 +53,7 @@ use sha2::Sha256;
 use thiserror::Error;
 
 use super::frame::{FrameHeader, FrameType, HEADER_LEN, RawFrame};
-use super::handshake::NONCE_LEN;
+use super::nonce::{NONCE_LEN, session_hkdf};
 use crate::secret::{Secret, SecretBytes};
 
 /// Bytes of the GCM tag at the end of every fibre payload (full 128 bits,
@@ -121,10 +121,7 @@ impl FibreBase {
         dialer_nonce: &[u8; NONCE_LEN],
         acceptor_nonce: &[u8; NONCE_LEN],
     ) -> FibreKey {
-        let mut salt = [0u8; 2 * NONCE_LEN];
-        salt[..NONCE_LEN].copy_from_slice(dialer_nonce);
-        salt[NONCE_LEN..].copy_from_slice(acceptor_nonce);
-        let hk = Hkdf::<Sha256>::new(Some(&salt), self.0.expose());
+        let hk = session_hkdf(dialer_nonce, acceptor_nonce, self.0.expose());
         let mut out = Secret::<32>::zeroed();
         hk.expand(KEY_INFO, out.expose_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");

@@ -35,12 +35,13 @@ use thiserror::Error;
 
 use super::fibre::{FibreBase, FibreKey};
 use super::frame::{FrameError, FrameHeader, FrameType, RawFrame, TAG_LEN, encode_plain};
+pub use super::nonce::NONCE_LEN;
+use super::nonce::session_hkdf;
 use crate::qkd::wire::{WireError, WireReader, WireWriter};
 use crate::secret::{Secret, SecretBytes};
 
 /// Bytes of each side's handshake nonce (256 bits: collisions between
 /// sessions are negligible, NIST SP 800-108 style context freshness).
-pub const NONCE_LEN: usize = 32;
 /// Longest gateway name on the wire.
 pub const MAX_NAME_LEN: usize = 64;
 /// Bytes of a QKD channel key taken from the pool: a 256-bit HMAC-SHA256
@@ -229,10 +230,7 @@ impl FrameKeys {
 }
 
 fn hkdf(channel_key: &SecretBytes, ctx_nonces: (&[u8], &[u8])) -> Hkdf<Sha256> {
-    let mut salt = [0u8; 2 * NONCE_LEN];
-    salt[..NONCE_LEN].copy_from_slice(ctx_nonces.0);
-    salt[NONCE_LEN..].copy_from_slice(ctx_nonces.1);
-    Hkdf::<Sha256>::new(Some(&salt), channel_key.expose())
+    session_hkdf(ctx_nonces.0, ctx_nonces.1, channel_key.expose())
 }
 
 fn expand(prk: &Hkdf<Sha256>, parts: &[&[u8]]) -> Secret<32> {

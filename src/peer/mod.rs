@@ -153,6 +153,7 @@ pub mod handshake;
 pub mod link;
 pub mod link_message;
 pub mod listener;
+pub mod nonce;
 pub mod session;
 pub mod status;
 pub(crate) mod transport;
