@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -25,10 +25,10 @@ use super::fibre::FIBRE_TAG_LEN;
 use super::fibre::export::FibreKeyExport;
 use super::frame::{FrameLimits, Split, split_frame};
 use super::handshake::{DialerHandshake, HandshakeError, Hello, fresh_nonce};
+use super::link_shared::{LinkRequest, LinkShared, Outbound, OutboundQueues, read_handshake_frame};
 use super::listener::{PeerListener, RouteGuard};
 use super::session::{self, AuthenticatedConn, SessionEnd};
 use super::status::{CounterSnapshot, LinkCounters, LinkState, SessionInfo};
-use super::transport::{ReadError, read_frame};
 use super::{Inbound, PeerError, Stream};
 use crate::keys::Role;
 
@@ -39,65 +39,6 @@ pub enum Endpoint {
     Dial(SocketAddr),
     /// Receiver: take connections from this listener.
     Accept(PeerListener),
-}
-
-/// A payload waiting to be sent, stamped with the session it was meant for.
-pub(crate) struct Outbound {
-    pub session: u64,
-    pub payload: Bytes,
-}
-
-pub(crate) struct OutboundQueues {
-    pub fibre: mpsc::Receiver<Outbound>,
-    pub qkd: mpsc::Receiver<Outbound>,
-    pub control: mpsc::Receiver<Outbound>,
-}
-
-pub(crate) enum LinkRequest {
-    SwitchKey(oneshot::Sender<Result<u64, PeerError>>),
-}
-
-/// What the link task and its sessions share.
-pub(crate) struct LinkShared {
-    pub cfg: LinkConfig,
-    pub counters: Arc<LinkCounters>,
-    pub store: Arc<Mutex<ChannelKeyStore>>,
-    pub pool: Arc<dyn ChannelKeyPool>,
-    pub state: watch::Sender<LinkState>,
-    pub inbound: [mpsc::Sender<Inbound>; 3],
-    /// Lab only: where each epoch's fibre base key is appended.
-    pub fibre_export: Option<FibreKeyExport>,
-}
-
-impl LinkShared {
-    pub fn is_dialer(&self) -> bool {
-        self.cfg.role == Role::Transmitter
-    }
-
-    /// The channel-key record. Runtime threads hold it only for short reads
-    /// (epoch, key derivation); writes (fsync) run on blocking threads, so a
-    /// reader waits at most for one record write, which happens only at a
-    /// key switch or the handshake after one.
-    pub fn store_lock(&self) -> MutexGuard<'_, ChannelKeyStore> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `(dialer, acceptor)`: the link's gateway names in handshake order.
-    pub fn dialer_acceptor(&self) -> (&str, &str) {
-        let (l, p) = (self.cfg.local_name.as_str(), self.cfg.peer_name.as_str());
-        if self.is_dialer() { (l, p) } else { (p, l) }
-    }
-
-    /// A key switch to `epoch` completed.
-    pub fn switched(&self, epoch: u64) {
-        self.counters.key_switches.fetch_add(1, Ordering::Relaxed);
-        self.state.send_modify(|s| {
-            if let LinkState::Connected(info) = s {
-                info.epoch = epoch;
-            }
-        });
-        tracing::info!(peer = %self.cfg.peer_name, epoch, "peer channel now authenticated with a QKD key");
-    }
 }
 
 /// The receiving ends of the three streams.
@@ -117,23 +58,6 @@ pub struct PeerHandle {
     counters: Arc<LinkCounters>,
     role: Role,
     limits: FrameLimits,
-}
-
-impl std::fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Outbound(session {}, {} bytes)",
-            self.session,
-            self.payload.len()
-        )
-    }
-}
-
-impl std::fmt::Debug for LinkRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SwitchKey")
-    }
 }
 
 impl PeerHandle {
@@ -544,19 +468,4 @@ async fn dial(shared: &LinkShared, addr: SocketAddr) -> Result<AuthenticatedConn
         established,
         remote: addr,
     })
-}
-
-/// Reads one handshake-sized frame, mapping read failures to handshake
-/// errors.
-pub(crate) async fn read_handshake_frame(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-) -> Result<Bytes, HandshakeError> {
-    read_frame(stream, buf, &FrameLimits::handshake_only())
-        .await
-        .map_err(|e| match e {
-            ReadError::Frame(f) => HandshakeError::Frame(f),
-            ReadError::Closed | ReadError::Truncated => HandshakeError::Closed,
-            ReadError::Io(io) => HandshakeError::Io(io),
-        })
 }

@@ -26,7 +26,7 @@ use super::channel_key::ChannelKeyStore;
 use super::config::ListenerConfig;
 use super::frame::{FrameLimits, Split, split_frame};
 use super::handshake::{AcceptorHandshake, HandshakeError, Hello, fresh_nonce};
-use super::link::{LinkShared, read_handshake_frame};
+use super::link_shared::{LinkShared, read_handshake_frame};
 use super::session::AuthenticatedConn;
 use super::status::LinkCounters;
 

@@ -152,6 +152,7 @@ pub mod frame;
 pub mod handshake;
 pub mod link;
 pub mod link_message;
+mod link_shared;
 pub mod listener;
 pub mod nonce;
 pub mod session;
