@@ -342,18 +342,7 @@ fn retryable(e: &KmeError) -> bool {
 /// application's key (see `tunnel_task::ReservedPool`). The master fills up
 /// to `pool_target_bytes` of this.
 fn usable(pool: &PersistedPool) -> u64 {
-    let bootstrap: u64 = pool
-        .summary()
-        .blocks
-        .iter()
-        .filter(|b| b.id == BlockId(0))
-        .map(|b| {
-            b.consumed
-                .gaps(0, b.len)
-                .iter()
-                .map(|&(a, z)| u64::from(z - a))
-                .sum::<u64>()
-        })
-        .sum();
-    pool.pool().available().saturating_sub(bootstrap)
+    let p = pool.pool();
+    p.available()
+        .saturating_sub(p.available_in_block(BlockId(0), None))
 }

@@ -125,19 +125,8 @@ impl KeySource for ReservedPool<'_> {
 
 /// Unconsumed bytes of block 0 in this side's region.
 fn bootstrap_left(pool: &PersistedPool) -> u64 {
-    let role = pool.pool().role();
-    pool.summary()
-        .blocks
-        .iter()
-        .find(|b| b.id == BlockId(0))
-        .map_or(0, |b| {
-            let (start, end) = role.region(b.len);
-            b.consumed
-                .gaps(start, end)
-                .iter()
-                .map(|&(a, z)| u64::from(z - a))
-                .sum()
-        })
+    let p = pool.pool();
+    p.available_in_block(BlockId(0), Some(p.role()))
 }
 
 pub struct TunnelTask {

@@ -556,6 +556,15 @@ impl KeyPool {
             .sum()
     }
 
+    /// Unconsumed bytes of block `id` (0 if it is gone): all of them, or
+    /// only the region `initiator`'s takes draw from.
+    pub fn available_in_block(&self, id: BlockId, initiator: Option<Role>) -> u64 {
+        self.blocks.get(&id).map_or(0, |b| {
+            let len = b.len();
+            b.available_in(initiator.map_or((0, len), |r| r.region(len)))
+        })
+    }
+
     /// Sets the level of this side's own region below which
     /// [`PoolStatus::below_low_water`] is raised.
     pub fn set_low_water(&mut self, bytes: u64) {
