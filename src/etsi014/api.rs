@@ -84,7 +84,7 @@ pub struct KeyRequest {
 }
 
 /// §6.3 Key container: the answer to enc_keys and dec_keys.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct KeyContainer {
     pub keys: Vec<KeyItem>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,6 +107,18 @@ pub struct KeyItem {
     pub key: SecretBytes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_extension: Option<Value>,
+}
+
+/// Written by hand, like every key-holding type: key_IDs and a count,
+/// never key bytes.
+impl std::fmt::Debug for KeyContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&Uuid> = self.keys.iter().map(|k| &k.key_id).collect();
+        f.debug_struct("KeyContainer")
+            .field("key_ids", &ids)
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for KeyItem {
@@ -358,14 +370,7 @@ pub fn decode_key_ids(
     what: &'static str,
     max: usize,
 ) -> Result<Vec<Uuid>, WireError> {
-    let n = r.u32(what)? as usize;
-    if n == 0 || n > max {
-        return Err(WireError::TooLong {
-            what,
-            len: n as u64,
-            max: max as u64,
-        });
-    }
+    let n = r.count(what, max)?;
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         let hi = r.u64(what)?;

@@ -104,18 +104,6 @@ fn sae(r: &mut WireReader<'_>, what: &'static str) -> Result<String, WireError> 
     Ok(s.to_owned())
 }
 
-fn count(r: &mut WireReader<'_>, what: &'static str, max: usize) -> Result<usize, WireError> {
-    let n = r.u32(what)? as usize;
-    if n == 0 || n > max {
-        return Err(WireError::TooLong {
-            what,
-            len: n as u64,
-            max: max as u64,
-        });
-    }
-    Ok(n)
-}
-
 impl AppKeys {
     pub fn encode(&self, w: &mut WireWriter) {
         w.u64(self.request)
@@ -139,7 +127,7 @@ impl AppKeys {
             return Err(WireError::Invalid("app key length"));
         }
         let key_ids = decode_key_ids(r, "app key IDs", MAX_APP_KEYS)?;
-        let n = count(r, "app key references", MAX_APP_REFS)?;
+        let n = r.count("app key references", MAX_APP_REFS)?;
         let mut refs = Vec::with_capacity(n);
         for _ in 0..n {
             refs.push(KeyRef::decode(r)?);

@@ -196,6 +196,20 @@ impl<'a> WireReader<'a> {
     }
 
     /// Bytes not yet read.
+    /// A u32 count that must be in `1..=max`; checked before the caller
+    /// allocates anything for the items.
+    pub fn count(&mut self, what: &'static str, max: usize) -> Result<usize, WireError> {
+        let n = self.u32(what)? as usize;
+        if n == 0 || n > max {
+            return Err(WireError::TooLong {
+                what,
+                len: n as u64,
+                max: max as u64,
+            });
+        }
+        Ok(n)
+    }
+
     pub fn remaining(&self) -> usize {
         self.buf.len()
     }

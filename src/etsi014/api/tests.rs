@@ -224,3 +224,23 @@ fn key_item_debug_is_redacted() {
         "{dbg}"
     );
 }
+
+#[test]
+fn key_container_debug_names_ids_not_keys() {
+    let c = KeyContainer {
+        keys: vec![KeyItem::new(
+            Uuid::nil(),
+            SecretBytes::from_slice(&[0xAB; 32]),
+        )],
+        key_container_extension: None,
+    };
+    let dbg = format!("{c:?}");
+    assert!(
+        dbg.contains(&Uuid::nil().to_string()) && dbg.contains("redacted"),
+        "{dbg}"
+    );
+    assert!(
+        !dbg.contains("171") && !dbg.to_lowercase().contains("ab, ab"),
+        "{dbg}"
+    );
+}
