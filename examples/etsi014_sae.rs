@@ -16,32 +16,18 @@
 //! the status document as JSON. Errors go to stderr (exit code 1) and name
 //! the HTTP status when the KME answered.
 
-use std::path::PathBuf;
-
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qkd_ipsec::etsi014::api::KeyItem;
-use qkd_ipsec::etsi014::client::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, KmeClient, KmeClientConfig,
-};
-use qkd_ipsec::tls::{TlsFiles, certificate_identity, load_certs};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+#[path = "common/sae.rs"]
+mod sae;
+
 #[derive(Parser)]
 struct Args {
-    /// The KME's base URL (`https://host:port`).
-    #[arg(long)]
-    url: String,
-    /// CA bundle the KME's certificate must chain to.
-    #[arg(long)]
-    ca: PathBuf,
-    /// This SAE's client certificate (its CN is the SAE ID).
-    #[arg(long)]
-    cert: PathBuf,
-    /// This SAE's private key (0600).
-    #[arg(long)]
-    key: PathBuf,
+    #[command(flatten)]
+    kme: sae::Kme,
     #[command(subcommand)]
     call: Call,
 }
@@ -85,20 +71,7 @@ fn print_keys(keys: &[KeyItem]) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The SAE ID is the certificate's CN: the KME reads it from there too.
-    let sae_id = certificate_identity(&load_certs(&args.cert)?[0])?;
-    let client = KmeClient::new(&KmeClientConfig {
-        url: args.url.clone(),
-        sae_id,
-        tls: TlsFiles {
-            ca: args.ca,
-            cert: args.cert,
-            key: args.key,
-        },
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        request_timeout: DEFAULT_REQUEST_TIMEOUT,
-    })
-    .with_context(|| format!("KME client for {}", args.url))?;
+    let client = args.kme.client()?;
     match args.call {
         Call::Status { slave } => {
             let status = client.status(&slave).await?;

@@ -29,17 +29,13 @@
 //! the key to its TLS library directly (OpenSSL's
 //! `SSL_CTX_set_psk_find_session_callback`, for example).
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args as ClapArgs, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use qkd_ipsec::etsi014::api::KeyItem;
-use qkd_ipsec::etsi014::client::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, KmeClient, KmeClientConfig,
-};
-use qkd_ipsec::tls::{TlsFiles, certificate_identity, load_certs};
+use qkd_ipsec::etsi014::client::KmeClient;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -62,21 +58,9 @@ struct Args {
     role: Role,
 }
 
-#[derive(ClapArgs)]
-struct Kme {
-    /// This SAE's KME (`https://host:port`).
-    #[arg(long)]
-    url: String,
-    /// CA bundle the KME's certificate must chain to.
-    #[arg(long)]
-    ca: PathBuf,
-    /// This SAE's client certificate (its CN is the SAE ID).
-    #[arg(long)]
-    cert: PathBuf,
-    /// This SAE's private key (0600).
-    #[arg(long)]
-    key: PathBuf,
-}
+#[path = "common/sae.rs"]
+mod sae;
+use sae::Kme;
 
 #[derive(Subcommand)]
 enum Role {
@@ -117,23 +101,6 @@ enum Role {
     },
 }
 
-fn client_of(kme: &Kme) -> anyhow::Result<KmeClient> {
-    // The SAE ID is the certificate's CN: the KME reads it from there too.
-    let sae_id = certificate_identity(&load_certs(&kme.cert)?[0])?;
-    KmeClient::new(&KmeClientConfig {
-        url: kme.url.clone(),
-        sae_id,
-        tls: TlsFiles {
-            ca: kme.ca.clone(),
-            cert: kme.cert.clone(),
-            key: kme.key.clone(),
-        },
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        request_timeout: DEFAULT_REQUEST_TIMEOUT,
-    })
-    .with_context(|| format!("KME client for {}", kme.url))
-}
-
 fn psk_hex(item: &KeyItem) -> Zeroizing<String> {
     let mut s = Zeroizing::new(String::with_capacity(item.key.len() * 2));
     for b in item.key.expose() {
@@ -166,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
             control,
             tls_port,
             sessions,
-        } => serve(&client_of(&kme)?, &master, &control, tls_port, sessions).await,
+        } => serve(&kme.client()?, &master, &control, tls_port, sessions).await,
         Role::Client {
             kme,
             slave,
@@ -176,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
             message,
             wrong_key,
         } => {
-            let kme = client_of(&kme)?;
+            let kme = kme.client()?;
             session(
                 &kme,
                 &slave,

@@ -51,6 +51,7 @@ async fn both_kmes_serve_the_same_keys_once_and_only_to_their_sae() {
     let dec = sae_keys(&pair, Side::B, sae_b, &dec_call).await;
     assert_eq!(dec, enc, "dec_keys at gw-b differs from enc_keys at gw-a");
     let mut fingerprints: Vec<&str> = enc.iter().map(|k| k.fingerprint.as_str()).collect();
+    fingerprints.sort_unstable();
     fingerprints.dedup();
     assert_eq!(fingerprints.len(), 3, "three keys, three distinct values");
 

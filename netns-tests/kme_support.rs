@@ -56,29 +56,54 @@ pub struct PrintedKey {
     pub fingerprint: String,
 }
 
-/// Runs `etsi014_sae` in the namespace of the host behind `side`, as the
-/// SAE `sae_id`, against `side`'s KME.
-pub async fn sae(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> Output {
+/// The KME options every example SAE takes: `side`'s KME as its host
+/// reaches it, and `sae_id`'s lab identity.
+pub fn kme_args(pair: &AgentPair, side: Side, sae_id: &str) -> Vec<String> {
     let tls = pair.sae_tls(sae_id);
+    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
+    vec![
+        "--url".into(),
+        pair.kme_url(side),
+        "--ca".into(),
+        path(&tls.ca),
+        "--cert".into(),
+        path(&tls.cert),
+        "--key".into(),
+        path(&tls.key),
+    ]
+}
+
+/// `program` (an example) in the namespace of the host behind `side`, with
+/// `before` + [`kme_args`] + `after` as arguments.
+pub fn sae_command(
+    pair: &AgentPair,
+    side: Side,
+    sae_id: &str,
+    program: &str,
+    before: &[&str],
+    after: &[&str],
+) -> tokio::process::Command {
     let host = match side {
         Side::A => &pair.bed().host_a.name,
         Side::B => &pair.bed().host_b.name,
     };
-    let bin = example("etsi014_sae");
-    let url = pair.kme_url(side);
-    let mut args: Vec<&str> = vec![
-        "--url",
-        &url,
-        "--ca",
-        tls.ca.to_str().expect("UTF-8 path"),
-        "--cert",
-        tls.cert.to_str().expect("UTF-8 path"),
-        "--key",
-        tls.key.to_str().expect("UTF-8 path"),
-    ];
-    args.extend_from_slice(call);
+    let kme = kme_args(pair, side, sae_id);
+    let args: Vec<&str> = before
+        .iter()
+        .copied()
+        .chain(kme.iter().map(String::as_str))
+        .chain(after.iter().copied())
+        .collect();
+    let bin = example(program);
     let mut c = in_netns(host, bin.to_str().expect("UTF-8 path"), &args);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+/// Runs `etsi014_sae` in the namespace of the host behind `side`, as the
+/// SAE `sae_id`, against `side`'s KME.
+pub async fn sae(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> Output {
+    let mut c = sae_command(pair, side, sae_id, "etsi014_sae", &[], call);
     within(Duration::from_secs(60), "the SAE program", c.output())
         .await
         .expect("run etsi014_sae")

@@ -6,7 +6,6 @@
 //! Two sessions with two different keys succeed; a third whose client
 //! flips one bit of its key fails the handshake.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use qkd_ipsec::testbed::{AgentPair, KmeOptions, Side};
@@ -18,30 +17,19 @@ const SESSIONS: u32 = 3;
 
 /// Runs one client session from host-a; returns (success, stdout+stderr).
 async fn client(pair: &AgentPair, wrong_key: bool) -> (bool, String) {
-    let tls = pair.sae_tls(Side::A.sae_id());
-    let url = pair.kme_url(Side::A);
     let server = pair.bed().host_b.addr.to_string();
-    let mut args = vec![
-        "client",
-        "--url",
-        &url,
-        "--ca",
-        tls.ca.to_str().expect("UTF-8"),
-        "--cert",
-        tls.cert.to_str().expect("UTF-8"),
-        "--key",
-        tls.key.to_str().expect("UTF-8"),
-        "--slave",
-        Side::B.sae_id(),
-        "--server",
-        &server,
-    ];
+    let mut after = vec!["--slave", Side::B.sae_id(), "--server", &server];
     if wrong_key {
-        args.push("--wrong-key");
+        after.push("--wrong-key");
     }
-    let bin = example("tls_psk");
-    let mut c = in_netns(&pair.bed().host_a.name, bin.to_str().expect("UTF-8"), &args);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut c = sae_command(
+        pair,
+        Side::A,
+        Side::A.sae_id(),
+        "tls_psk",
+        &["client"],
+        &after,
+    );
     let out = within(
         Duration::from_secs(90),
         "a tls_psk client session",
@@ -70,30 +58,15 @@ fn key_id(text: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_13_psk_sessions_with_qkd_keys_and_a_wrong_key_fails() {
     let pair = start_kme_pair("tlspsk", KmeOptions::default()).await;
-    let tls = pair.sae_tls(Side::B.sae_id());
-    let url = pair.kme_url(Side::B);
     let sessions = SESSIONS.to_string();
-    let bin = example("tls_psk");
-    let mut s = in_netns(
-        &pair.bed().host_b.name,
-        bin.to_str().expect("UTF-8"),
-        &[
-            "server",
-            "--url",
-            &url,
-            "--ca",
-            tls.ca.to_str().expect("UTF-8"),
-            "--cert",
-            tls.cert.to_str().expect("UTF-8"),
-            "--key",
-            tls.key.to_str().expect("UTF-8"),
-            "--master",
-            Side::A.sae_id(),
-            "--sessions",
-            &sessions,
-        ],
+    let mut s = sae_command(
+        &pair,
+        Side::B,
+        Side::B.sae_id(),
+        "tls_psk",
+        &["server"],
+        &["--master", Side::A.sae_id(), "--sessions", &sessions],
     );
-    s.stdout(Stdio::piped()).stderr(Stdio::piped());
     let server = s.spawn().expect("start the tls_psk server");
     // Its control port listens within moments; the client retries nothing,
     // so give it a head start.

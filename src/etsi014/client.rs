@@ -289,6 +289,21 @@ impl std::fmt::Debug for KmeClient {
 }
 
 impl KmeClient {
+    /// A client for an SAE whose ID is its certificate's subject CN (as the
+    /// KME reads it), with the default timeouts: what a stand-alone SAE
+    /// program needs.
+    pub fn for_identity(url: &str, tls: TlsFiles) -> Result<Self, KmeError> {
+        let cert = crate::tls::load_certs(&tls.cert).map_err(KmeError::TlsConfig)?;
+        let sae_id = crate::tls::certificate_identity(&cert[0]).map_err(KmeError::TlsConfig)?;
+        Self::new(&KmeClientConfig {
+            url: url.to_owned(),
+            tls,
+            sae_id,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        })
+    }
+
     /// Reads the TLS files and checks the URL and SAE ID; opens no
     /// connection.
     pub fn new(cfg: &KmeClientConfig) -> Result<Self, KmeError> {

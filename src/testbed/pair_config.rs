@@ -532,6 +532,15 @@ mod tests {
         (parse(Side::A), parse(Side::B))
     }
 
+    fn assert_pair_agrees(a: &Config, b: &Config) {
+        let findings = pair::check_pair(a, b, pair::PairCredentials::default());
+        assert!(
+            findings.is_empty(),
+            "{:?}",
+            findings.iter().map(|f| f.render()).collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn rendered_configs_are_valid_and_match_each_other() {
         let mut opts = AgentPairOptions::new("t", "/bin/true");
@@ -543,12 +552,7 @@ mod tests {
         };
         opts.on_stop = OnStop::RemoveAll;
         let (a, b) = both(&opts);
-        let findings = pair::check_pair(&a, &b, pair::PairCredentials::default());
-        assert!(
-            findings.is_empty(),
-            "{:?}",
-            findings.iter().map(|f| f.render()).collect::<Vec<_>>()
-        );
+        assert_pair_agrees(&a, &b);
         assert_eq!(a.tunnels[0].rekey_interval, Duration::from_secs(2));
         assert_eq!(a.gateway.on_stop, OnStop::RemoveAll);
         assert_eq!(b.gateway.listen, Some("192.0.2.2:9813".parse().unwrap()));
@@ -596,12 +600,7 @@ mod tests {
             retry_max: Duration::from_secs(2),
         });
         let (a, b) = both(&opts);
-        let findings = pair::check_pair(&a, &b, pair::PairCredentials::default());
-        assert!(
-            findings.is_empty(),
-            "{:?}",
-            findings.iter().map(|f| f.render()).collect::<Vec<_>>()
-        );
+        assert_pair_agrees(&a, &b);
         let (ea, eb) = (
             a.peers[0].etsi014.as_ref().expect("gw-a's etsi014"),
             b.peers[0].etsi014.as_ref().expect("gw-b's etsi014"),
