@@ -55,7 +55,10 @@ impl SecretWriter {
     }
 }
 
-const COUNTER_FIELDS: usize = 5 * 4 + 3;
+/// Counters per key use, then the three block counters.
+const COUNTER_FIELDS: usize = KeyUse::ALL.len() * 4 + 3;
+/// Key uses in a format-version-1 snapshot (before `relay`).
+const V1_USES: usize = 5;
 
 /// The whole pool: high water, counters, then each block's positions and
 /// its still-available bytes (consumed bytes are not written at all).
@@ -100,12 +103,16 @@ pub(super) fn encode_pool(pool: &KeyPool) -> SecretBytes {
     w.finish()
 }
 
-pub(super) fn decode_pool(buf: &[u8], role: Role) -> Result<KeyPool, WireError> {
+/// Decodes [`encode_pool`]'s output; `version` is the file's format
+/// version (version 1 counted five key uses).
+pub(super) fn decode_pool(buf: &[u8], role: Role, version: u16) -> Result<KeyPool, WireError> {
     let mut r = WireReader::new(buf);
     let mut pool = KeyPool::new(role);
     pool.high_water = r.u64("high water")?.checked_sub(1).map(BlockId);
+    let uses = if version == 1 { V1_USES } else { KeyUse::ALL.len() };
     let mut fields = [0u64; COUNTER_FIELDS];
-    for f in &mut fields {
+    let (per_use, blocks) = fields.split_at_mut(4 * KeyUse::ALL.len());
+    for f in per_use[..4 * uses].iter_mut().chain(blocks) {
         *f = r.u64("counter")?;
     }
     pool.counters = counters_from(&fields);
@@ -165,9 +172,10 @@ fn counters_from(f: &[u64; COUNTER_FIELDS]) -> PoolCounters {
         u.accepted_takes = f[4 * i + 2];
         u.accepted_bytes = f[4 * i + 3];
     }
-    c.appended_blocks = f[20];
-    c.appended_bytes = f[21];
-    c.discarded_bytes = f[22];
+    let blocks = 4 * KeyUse::ALL.len();
+    c.appended_blocks = f[blocks];
+    c.appended_bytes = f[blocks + 1];
+    c.discarded_bytes = f[blocks + 2];
     c
 }
 

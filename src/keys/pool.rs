@@ -118,15 +118,19 @@ pub enum KeyUse {
     Application,
     /// Keys authenticating the peer channel's frames.
     Channel,
+    /// One-time pads and tag keys of relayed keys on this hop
+    /// ([`crate::relay`]).
+    Relay,
 }
 
 impl KeyUse {
-    pub const ALL: [KeyUse; 5] = [
+    pub const ALL: [KeyUse; 6] = [
         KeyUse::SaKey,
         KeyUse::Auth,
         KeyUse::Wrap,
         KeyUse::Application,
         KeyUse::Channel,
+        KeyUse::Relay,
     ];
 
     pub fn index(self) -> usize {
@@ -217,7 +221,7 @@ pub struct UseCounter {
 /// Lifetime counters of a pool (persisted with it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolCounters {
-    pub per_use: [UseCounter; 5],
+    pub per_use: [UseCounter; KeyUse::ALL.len()],
     pub appended_blocks: u64,
     pub appended_bytes: u64,
     /// Bytes dropped by reconnect agreement (held here, not by the peer).

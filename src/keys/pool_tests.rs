@@ -246,12 +246,31 @@ fn codec_roundtrip_keeps_bytes_positions_and_counters() {
     }
     let (r, _) = rx.take(KeyUse::Application, 50).unwrap();
     tx.take_at(&r, KeyUse::Application).unwrap();
-    let back = decode_pool(encode_pool(&tx).expose(), Role::Transmitter).unwrap();
+    let back = decode_pool(encode_pool(&tx).expose(), Role::Transmitter, 2).unwrap();
     assert_eq!(back.summary(), tx.summary());
     assert!(back.available_bytes().ct_eq(&tx.available_bytes()));
     assert_eq!(back.counters(), tx.counters());
     assert_eq!(back.high_water(), tx.high_water());
     assert!(back.consumed_bytes_are_zero());
+}
+
+/// A format-version-1 snapshot counted five key uses (no `relay`): it
+/// still loads, with its counters in the right places.
+#[test]
+fn codec_reads_version_1_snapshots_without_relay_counters() {
+    let (mut tx, mut rx) = pair(3, 90);
+    let (r, _) = tx.take(KeyUse::Channel, 20).unwrap();
+    rx.take_at(&r, KeyUse::Channel).unwrap();
+    let v2 = encode_pool(&tx);
+    // Drop the relay use's four counters: high water (8 bytes), then five
+    // uses of four u64 each.
+    let relay_at = 8 + 5 * 4 * 8;
+    let mut v1 = v2.expose()[..relay_at].to_vec();
+    v1.extend_from_slice(&v2.expose()[relay_at + 4 * 8..]);
+    let back = decode_pool(&v1, Role::Transmitter, 1).unwrap();
+    assert_eq!(back.counters(), tx.counters());
+    assert_eq!(back.summary(), tx.summary());
+    assert!(decode_pool(&v1, Role::Transmitter, 2).is_err());
 }
 
 #[test]

@@ -62,7 +62,11 @@ pub const POOL_KEY_CREDENTIAL: &str = "pool-key";
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"QKDPOOL\0";
 const JOURNAL_MAGIC: &[u8; 8] = b"QKDJRNL\0";
-const FORMAT_VERSION: u16 = 1;
+/// 2 added the `relay` key use to the snapshot's counters; version 1
+/// files (five uses) are still read, and rewritten as 2 at the next
+/// compaction.
+const FORMAT_VERSION: u16 = 2;
+const OLDEST_READABLE_VERSION: u16 = 1;
 const TAG_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
 /// Journal record header: length u32, its complement u32, generation u64,
@@ -219,13 +223,14 @@ impl FileIdentity {
         w.finish()
     }
 
-    /// Reads and checks a header written by [`Self::header`].
+    /// Reads and checks a header written by [`Self::header`]; returns its
+    /// format version.
     fn check_header(
         &self,
         r: &mut WireReader<'_>,
         magic: &[u8; 8],
         path: &Path,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u16, StoreError> {
         let mut found = [0u8; 8];
         for b in &mut found {
             *b = r.u8("magic").map_err(StoreError::wire(path, "header"))?;
@@ -237,10 +242,13 @@ impl FileIdentity {
             ));
         }
         let version = r.u16("version").map_err(StoreError::wire(path, "header"))?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(StoreError::corrupt(
                 path,
-                format!("format version {version}, this build reads {FORMAT_VERSION}"),
+                format!(
+                    "format version {version}, this build reads \
+                     {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}"
+                ),
             ));
         }
         let role = Role::from_code(r.u8("role").map_err(StoreError::wire(path, "header"))?);
@@ -256,7 +264,7 @@ impl FileIdentity {
                 expected_role: self.role,
             });
         }
-        Ok(())
+        Ok(version)
     }
 }
 
@@ -363,7 +371,7 @@ pub(super) fn open_snapshot(
     kek: &Aes256Gcm,
 ) -> Result<OpenedSnapshot, StoreError> {
     let mut r = WireReader::new(file);
-    ident.check_header(&mut r, SNAPSHOT_MAGIC, path)?;
+    let version = ident.check_header(&mut r, SNAPSHOT_MAGIC, path)?;
     let generation = r
         .u64("generation")
         .map_err(StoreError::wire(path, "header"))?;
@@ -410,7 +418,7 @@ pub(super) fn open_snapshot(
         part: "pool contents".into(),
     })?;
     let pool =
-        decode_pool(body.expose(), ident.role).map_err(StoreError::wire(path, "pool contents"))?;
+        decode_pool(body.expose(), ident.role, version).map_err(StoreError::wire(path, "pool contents"))?;
     Ok(OpenedSnapshot {
         pool,
         generation,

@@ -260,7 +260,8 @@ fn pool_figures_come_from_the_pool_status() {
             ("auth", 16),
             ("wrap", 0),
             ("application", 0),
-            ("channel", 0)
+            ("channel", 0),
+            ("relay", 0)
         ]
     );
     peer.pool_exhausted();

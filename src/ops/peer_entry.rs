@@ -128,6 +128,7 @@ pub fn key_use_name(u: KeyUse) -> &'static str {
         KeyUse::Wrap => "wrap",
         KeyUse::Application => "application",
         KeyUse::Channel => "channel",
+        KeyUse::Relay => "relay",
     }
 }
 
