@@ -213,14 +213,20 @@ impl Transcript {
     }
 
     fn hash(&self, backend: ClmulBackend, point: Gf128) -> Gf128 {
-        let chunks = self.bytes.chunks(16).map(|c| {
-            let mut block = [0u8; 16];
-            block[..c.len()].copy_from_slice(c);
-            u128::from_le_bytes(block)
-        });
-        let length = std::iter::once(self.bytes.len() as u128);
-        poly_hash(backend, point, chunks.chain(length))
+        hash_bytes(backend, point, &self.bytes)
     }
+}
+
+/// `H_k(m)`: `m` in little-endian 16-byte blocks (the last zero-padded),
+/// then one block holding its length (see the module docs).
+fn hash_bytes(backend: ClmulBackend, point: Gf128, bytes: &[u8]) -> Gf128 {
+    let chunks = bytes.chunks(16).map(|c| {
+        let mut block = [0u8; 16];
+        block[..c.len()].copy_from_slice(c);
+        u128::from_le_bytes(block)
+    });
+    let length = std::iter::once(bytes.len() as u128);
+    poly_hash(backend, point, chunks.chain(length))
 }
 
 /// Where one-time authentication key comes from. Both peers take the same
@@ -351,11 +357,49 @@ struct TagKey(SecretBytes);
 
 impl TagKey {
     fn tag(self, backend: ClmulBackend, transcript: &Transcript) -> Secret<TAG_BYTES> {
+        self.tag_bytes(backend, &transcript.bytes)
+    }
+
+    fn tag_bytes(self, backend: ClmulBackend, message: &[u8]) -> Secret<TAG_BYTES> {
         let key = self.0.expose();
         let point = Gf128(u128::from_le_bytes(key[..16].try_into().expect("16 bytes")));
         let pad = u128::from_le_bytes(key[16..].try_into().expect("16 bytes"));
-        let tag = (transcript.hash(backend, point).0 ^ pad).to_le_bytes();
+        let tag = (hash_bytes(backend, point, message).0 ^ pad).to_le_bytes();
         Secret::from_slice(&tag).expect("16 bytes")
+    }
+}
+
+/// A Wegman–Carter key for exactly one message outside a QKD block (a
+/// relayed key's hop, [`crate::relay`]): [`TAG_KEY_BYTES`] fresh bytes,
+/// consumed by the one tag it makes or checks. Same tag and bound as the
+/// block tags: ε = (⌈B/16⌉ + 1) / 2^128 for a message of B bytes.
+pub struct OneTimeTagKey(TagKey);
+
+impl std::fmt::Debug for OneTimeTagKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneTimeTagKey(<redacted>)")
+    }
+}
+
+impl OneTimeTagKey {
+    /// `None` unless `key` is exactly [`TAG_KEY_BYTES`] long.
+    pub fn new(key: SecretBytes) -> Option<Self> {
+        (key.len() == TAG_KEY_BYTES).then(|| Self(TagKey(key)))
+    }
+
+    /// The tag of `message`.
+    pub fn tag(self, message: &[u8]) -> AuthTag {
+        AuthTag(*self.0.tag_bytes(ClmulBackend::detect(), message).expose())
+    }
+
+    /// Checks `received` against `message` in constant time.
+    pub fn verify(self, message: &[u8], received: &AuthTag) -> Result<(), AuthError> {
+        let expected = self.0.tag_bytes(ClmulBackend::detect(), message);
+        if crate::secret::ct_eq(expected.expose(), &received.0) {
+            Ok(())
+        } else {
+            Err(AuthError::TagMismatch)
+        }
     }
 }
 

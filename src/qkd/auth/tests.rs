@@ -350,3 +350,40 @@ fn debug_of_key_holders_is_redacted() {
     assert!(format!("{keys:?}").contains("redacted"));
     assert!(format!("{check:?}").contains("redacted"));
 }
+
+/// A one-time tag over a plain message is the block tag's construction:
+/// the same key over a transcript's bytes gives the same tag, every
+/// flipped bit and every length change is caught, and a key of the wrong
+/// size is refused.
+#[test]
+fn one_time_tags_cover_every_byte_and_the_length() {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let key = random_bytes(&mut rng, TAG_KEY_BYTES);
+    let fresh = || OneTimeTagKey::new(SecretBytes::from_slice(&key)).unwrap();
+    let message = random_bytes(&mut rng, 77);
+    let tag = fresh().tag(&message);
+    assert!(fresh().verify(&message, &tag).is_ok());
+
+    let mut transcript = Transcript::new();
+    transcript.record(Direction::AliceToBob, &message).unwrap();
+    let block_tag = TagKey(SecretBytes::from_slice(&key)).tag(ClmulBackend::detect(), &transcript);
+    assert_eq!(
+        fresh().tag(&transcript.bytes).0,
+        *block_tag.expose(),
+        "one construction for both"
+    );
+
+    for bit in 0..message.len() * 8 {
+        let mut m = message.clone();
+        m[bit / 8] ^= 1 << (bit % 8);
+        assert_eq!(fresh().verify(&m, &tag), Err(AuthError::TagMismatch), "bit {bit}");
+    }
+    let mut longer = message.clone();
+    longer.push(0);
+    assert!(fresh().verify(&longer, &tag).is_err(), "zero padding is not free");
+    assert!(fresh().verify(&message[..76], &tag).is_err());
+    let mut other = tag;
+    other.0[0] ^= 1;
+    assert!(fresh().verify(&message, &other).is_err());
+    assert!(OneTimeTagKey::new(SecretBytes::from_slice(&key[..31])).is_none());
+}
