@@ -11,6 +11,7 @@
 //! | [`kme`]       | the ETSI GS QKD 014 key service for local applications (beside `rekey`: keys from the pools, delivered over HTTPS). |
 //! | [`xfrm`]      | the kernel: SAs, policies and events over netlink, netns-aware. |
 //! | [`peer`]      | the authenticated channel between two agents.                   |
+//! | [`relay`]     | trusted-relay keys: one-time-padded, tagged hop messages, multipath shares, the destination's inbox (above `keys` and `peer`; no I/O). |
 //! | [`secret`]    | the only types that hold key bytes.                             |
 //! | [`http`]      | the one HTTP stack (hyper 1): server runner with bounds, for the KME and metrics. |
 //! | [`tls`]       | the one TLS stack (rustls): mutual-TLS configs, PEM files, identities from certificates. |
@@ -39,6 +40,7 @@ pub mod ops;
 pub mod peer;
 pub mod qkd;
 pub mod rekey;
+pub mod relay;
 pub mod secret;
 pub mod testbed;
 pub mod tls;

@@ -109,7 +109,11 @@ pub(super) fn decode_pool(buf: &[u8], role: Role, version: u16) -> Result<KeyPoo
     let mut r = WireReader::new(buf);
     let mut pool = KeyPool::new(role);
     pool.high_water = r.u64("high water")?.checked_sub(1).map(BlockId);
-    let uses = if version == 1 { V1_USES } else { KeyUse::ALL.len() };
+    let uses = if version == 1 {
+        V1_USES
+    } else {
+        KeyUse::ALL.len()
+    };
     let mut fields = [0u64; COUNTER_FIELDS];
     let (per_use, blocks) = fields.split_at_mut(4 * KeyUse::ALL.len());
     for f in per_use[..4 * uses].iter_mut().chain(blocks) {

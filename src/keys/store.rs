@@ -417,8 +417,8 @@ pub(super) fn open_snapshot(
         path: path.to_path_buf(),
         part: "pool contents".into(),
     })?;
-    let pool =
-        decode_pool(body.expose(), ident.role, version).map_err(StoreError::wire(path, "pool contents"))?;
+    let pool = decode_pool(body.expose(), ident.role, version)
+        .map_err(StoreError::wire(path, "pool contents"))?;
     Ok(OpenedSnapshot {
         pool,
         generation,

@@ -376,11 +376,18 @@ fn one_time_tags_cover_every_byte_and_the_length() {
     for bit in 0..message.len() * 8 {
         let mut m = message.clone();
         m[bit / 8] ^= 1 << (bit % 8);
-        assert_eq!(fresh().verify(&m, &tag), Err(AuthError::TagMismatch), "bit {bit}");
+        assert_eq!(
+            fresh().verify(&m, &tag),
+            Err(AuthError::TagMismatch),
+            "bit {bit}"
+        );
     }
     let mut longer = message.clone();
     longer.push(0);
-    assert!(fresh().verify(&longer, &tag).is_err(), "zero padding is not free");
+    assert!(
+        fresh().verify(&longer, &tag).is_err(),
+        "zero padding is not free"
+    );
     assert!(fresh().verify(&message[..76], &tag).is_err());
     let mut other = tag;
     other.0[0] ^= 1;
