@@ -342,6 +342,7 @@ async fn start_peer(
     reporter.set_source(match p.kind {
         crate::config::LinkKind::Simulated => crate::ops::LinkSource::Simulated,
         crate::config::LinkKind::Etsi014 => crate::ops::LinkSource::Etsi014,
+        crate::config::LinkKind::Relayed => crate::ops::LinkSource::Relayed,
     });
     reporter.set_pool(&lock(&pool).status());
     let (ready_tx, ready_rx) = watch::channel(None);

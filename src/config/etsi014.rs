@@ -330,8 +330,9 @@ pub(super) fn refuse_simulated_settings(
             f.error(
                 format!("{prefix}.{field}"),
                 format!(
-                    "{value}: simulated-link settings have no effect with kind = \"etsi014\" \
-                     (the QKD device runs the protocol); remove it"
+                    "{value}: simulated-link settings have no effect with kind = \"{}\" \
+                     (no QKD protocol runs between these agents); remove it",
+                    link.kind.map_or("?", |k| k.name())
                 ),
             );
         }

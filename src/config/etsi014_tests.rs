@@ -104,7 +104,7 @@ fn the_kind_and_the_section_go_together() {
     assert!(has(
         &paths(&simulated),
         "peer[0].etsi014",
-        "a simulated link takes no keys from a KME"
+        "a kind = \"simulated\" link takes no [peer.etsi014]"
     ));
     let export = etsi014_text(SECTION).replace(
         "kind = \"etsi014\"",

@@ -41,6 +41,9 @@ pub enum LinkKind {
     /// Keys from a real QKD device over ETSI GS QKD 014 (needs the
     /// `[peer.etsi014]` section).
     Etsi014,
+    /// No QKD link: keys relayed over other gateways' QKD links (needs
+    /// `[peer.relay]` and `[network]`).
+    Relayed,
 }
 
 impl LinkKind {
@@ -48,6 +51,7 @@ impl LinkKind {
         match self {
             LinkKind::Simulated => "simulated",
             LinkKind::Etsi014 => "etsi014",
+            LinkKind::Relayed => "relayed",
         }
     }
 }

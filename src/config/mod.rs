@@ -64,6 +64,7 @@ mod lifetime;
 mod link;
 pub mod pair;
 mod peer;
+mod relay;
 mod secrets;
 mod subnets;
 mod tunnel;
@@ -84,6 +85,7 @@ pub use kme::{Kme, KmeSection, SaeSection};
 pub use lifetime::{LifetimeSection, MAX_PACKETS_WITHOUT_ESN};
 pub use link::{LinkKind, LinkSection, PostprocessingSection};
 pub use peer::{ChannelSection, Peer, PeerSection, QkdRole};
+pub use relay::{MIN_RELAYED_KEY_BYTES, Network, NetworkSection, Relay, RelayMode, RelaySection};
 pub use secrets::{
     CHANNEL_BOOTSTRAP_BYTES, DEFAULT_CREDENTIALS_SOURCE, MIN_BOOTSTRAP_SECRET_BYTES,
     SecretLocation, bootstrap_credential,
@@ -184,10 +186,21 @@ pub struct ConfigFile {
     /// Example: `[kme]` then `ca = "/etc/qkd-ipsec/kme/sae-ca.pem"`
     #[serde(default)]
     pub kme: Option<KmeSection>,
+    /// The QKD links of the whole network, for relayed peers and relaying.
+    ///
+    /// Example: `[network]` then `links = [["gw-a", "gw-b"], ["gw-b", "gw-c"]]`
+    #[serde(default)]
+    pub network: Option<NetworkSection>,
 }
 
 /// What [`ConfigFile::validate`] builds.
-type Checked = (Gateway, Vec<Peer>, Vec<Tunnel>, Option<Kme>);
+type Checked = (
+    Gateway,
+    Vec<Peer>,
+    Vec<Tunnel>,
+    Option<Kme>,
+    Option<Network>,
+);
 
 /// A checked configuration.
 #[derive(Debug, Clone)]
@@ -199,6 +212,8 @@ pub struct Config {
     pub tunnels: Vec<Tunnel>,
     /// The KME for local applications, when `gateway.kme_listen` is set.
     pub kme: Option<Kme>,
+    /// The network's QKD links, when `[network]` is present.
+    pub network: Option<Network>,
     /// Legal but probably unwanted settings (printed by `check-config`,
     /// logged by the agent at start).
     pub warnings: Vec<Finding>,
@@ -292,12 +307,13 @@ impl Config {
         }
         document::sort_by_location(&mut errors);
         match config {
-            Some((gateway, peers, tunnels, kme)) if errors.is_empty() => Ok(Config {
+            Some((gateway, peers, tunnels, kme, network)) if errors.is_empty() => Ok(Config {
                 file: file.to_path_buf(),
                 gateway,
                 peers,
                 tunnels,
                 kme,
+                network,
                 warnings,
                 positions: locator,
             }),
@@ -341,13 +357,20 @@ impl ConfigFile {
             .iter()
             .filter_map(|p| Some((p.name.clone()?, p.role.map(Into::into))))
             .collect();
-        let peers: Vec<Option<Peer>> = self
+        let mut peers: Vec<Option<Peer>> = self
             .peer
             .into_iter()
             .enumerate()
             .map(|(i, p)| p.validate(&format!("peer[{i}]"), base, f))
             .collect();
         peer::check_peer_set(&peers, gateway_name.as_deref(), listen, f);
+        let network = match &self.network {
+            Some(n) => n.validate(f).map(Some),
+            None => Some(None),
+        };
+        if let (Some(network), Some(me)) = (&network, &gateway_name) {
+            relay::check_network(network.as_ref(), me, &mut peers, f);
+        }
         let kme = match (kme_listen, self.kme) {
             (Some(addr), Some(k)) => {
                 Some(k.validate(addr, gateway_name.as_deref(), &peers, base, f))
@@ -402,6 +425,6 @@ impl ConfigFile {
             Some(k) => Some(k?),
             None => None,
         };
-        Some((gateway?, peers?, tunnels?, kme))
+        Some((gateway?, peers?, tunnels?, kme, network?))
     }
 }

@@ -10,6 +10,7 @@ use super::Findings;
 use super::etsi014::{Etsi014, Etsi014Section, refuse_simulated_settings};
 use super::gateway::anchor;
 use super::link::{self, LinkKind, LinkSection, PostprocessingSection};
+use super::relay::{Relay, RelaySection};
 use super::secrets::{SecretLocation, bootstrap_credential};
 use super::values::{self, HumanDuration, PeerAddress, check_name};
 use crate::keys::Role;
@@ -84,6 +85,11 @@ pub struct PeerSection {
     ///
     /// Example: `[peer.etsi014]` then `kme_url = "https://kme-a.example:8443"`
     pub etsi014: Option<Etsi014Section>,
+    /// How keys are relayed to this peer, for `[peer.link] kind =
+    /// "relayed"` (required then, refused otherwise).
+    ///
+    /// Example: `[peer.relay]` then `mode = "multipath"`
+    pub relay: Option<RelaySection>,
     /// The SAE IDs of the applications behind this peer (its KME's local
     /// SAEs): a slave or master SAE ID in a KME request maps to this peer's
     /// key pool. Only with `[kme]`. Default: none.
@@ -237,6 +243,9 @@ pub struct Peer {
     pub kind: LinkKind,
     /// The KME settings; `Some` exactly when `kind` is `Etsi014`.
     pub etsi014: Option<Etsi014>,
+    /// The relay settings and paths; `Some` exactly when `kind` is
+    /// `Relayed`.
+    pub relay: Option<Relay>,
     /// Lab only: the fibre-key export file (anchored to the config file).
     pub lab_export_fibre_keys: Option<PathBuf>,
     pub link: LinkSection,
@@ -301,11 +310,24 @@ impl PeerSection {
                  set address = \"host:port\" of the peer's listen address",
             );
         }
-        let kind = check_kind(prefix, &self.link, self.etsi014.is_some(), f);
+        let kind = check_kind(
+            prefix,
+            &self.link,
+            self.etsi014.is_some(),
+            self.relay.is_some(),
+            f,
+        );
         let etsi014 = match (kind, &self.etsi014) {
             (Some(LinkKind::Etsi014), Some(section)) => {
                 refuse_simulated_settings(prefix, &self.link, &self.postprocessing, f);
                 section.validate(&format!("{prefix}.etsi014"), base, f)
+            }
+            _ => None,
+        };
+        let relay = match (kind, &self.relay) {
+            (Some(LinkKind::Relayed), Some(section)) => {
+                refuse_simulated_settings(prefix, &self.link, &self.postprocessing, f);
+                section.validate(&format!("{prefix}.relay"), f)
             }
             _ => None,
         };
@@ -343,6 +365,7 @@ impl PeerSection {
             // finding shows at once.
             kind: kind.or(self.link.kind).unwrap_or(LinkKind::Simulated),
             etsi014,
+            relay,
             lab_export_fibre_keys,
             link: self.link,
             postprocessing: self.postprocessing,
@@ -353,56 +376,66 @@ impl PeerSection {
     }
 }
 
-/// The link kind: required; `etsi014` needs `[peer.etsi014]` and
-/// `simulated` refuses it. Returns the kind when the agent can run it.
+/// The link kind: required; `etsi014` needs `[peer.etsi014]`, `relayed`
+/// needs `[peer.relay]`, and each refuses the other's section. Returns the
+/// kind when the agent can run it.
 fn check_kind(
     prefix: &str,
     link: &LinkSection,
     has_etsi014: bool,
+    has_relay: bool,
     f: &mut Findings,
 ) -> Option<LinkKind> {
     let path = format!("{prefix}.link.kind");
-    match link.kind {
-        None => {
+    let Some(kind) = link.kind else {
+        f.error(
+            path,
+            "missing; say where this link's keys come from: kind = \"simulated\" \
+             (simulated optics between the agents; keys only as secret as the peer \
+             channel's bootstrap secret and HMAC keys, not quantum-secure), \
+             kind = \"etsi014\" (a real QKD device over ETSI GS QKD 014) or \
+             kind = \"relayed\" (no QKD link: keys relayed over other gateways' links)",
+        );
+        return None;
+    };
+    let mut ok = true;
+    let mut refuse = |present: bool, section: &str, fix: &str| {
+        if present {
+            ok = false;
             f.error(
-                path,
-                "missing; say where this link's keys come from: kind = \"simulated\" \
-                 (simulated optics between the agents; keys only as secret as the peer \
-                 channel's bootstrap secret and HMAC keys, not quantum-secure) or \
-                 kind = \"etsi014\" (a real QKD device over ETSI GS QKD 014)",
+                format!("{prefix}.{section}"),
+                format!(
+                    "a kind = \"{}\" link takes no [peer.{section}]; {fix}",
+                    kind.name()
+                ),
             );
-            None
         }
-        Some(LinkKind::Etsi014) => {
-            let mut ok = true;
-            if link.lab_export_fibre_keys.is_some() {
-                ok = false;
-                f.error(
-                    format!("{prefix}.link.lab_export_fibre_keys"),
-                    "only a simulated link has a fibre stream to export keys of; \
-                     remove it with kind = \"etsi014\"",
-                );
-            }
-            if !has_etsi014 {
-                ok = false;
-                f.error(
-                    path,
-                    "kind = \"etsi014\" needs the [peer.etsi014] section (the QKD device's \
-                     ETSI GS QKD 014 key-delivery endpoint): kme_url, ca, client_cert, \
-                     client_key, sae_id, peer_sae_id",
-                );
-            }
-            ok.then_some(LinkKind::Etsi014)
+    };
+    if kind != LinkKind::Etsi014 {
+        refuse(
+            has_etsi014,
+            "etsi014",
+            "remove it or set [peer.link] kind = \"etsi014\"",
+        );
+    }
+    if kind != LinkKind::Relayed {
+        refuse(
+            has_relay,
+            "relay",
+            "remove it or set [peer.link] kind = \"relayed\"",
+        );
+    }
+    let needs = |present: bool, f: &mut Findings, what: &str| {
+        if !present {
+            f.error(
+                path.clone(),
+                format!("kind = \"{}\" needs {what}", kind.name()),
+            );
         }
-        Some(LinkKind::Simulated) => {
-            if has_etsi014 {
-                f.error(
-                    format!("{prefix}.etsi014"),
-                    "a simulated link takes no keys from a KME; remove [peer.etsi014] or set \
-                     [peer.link] kind = \"etsi014\"",
-                );
-                return None;
-            }
+        present
+    };
+    match kind {
+        LinkKind::Simulated => {
             if let Some(p) = &link.lab_export_fibre_keys {
                 f.warn(
                     format!("{prefix}.link.lab_export_fibre_keys"),
@@ -413,9 +446,35 @@ fn check_kind(
                     ),
                 );
             }
-            Some(LinkKind::Simulated)
+        }
+        LinkKind::Etsi014 | LinkKind::Relayed => {
+            if link.lab_export_fibre_keys.is_some() {
+                ok = false;
+                f.error(
+                    format!("{prefix}.link.lab_export_fibre_keys"),
+                    format!(
+                        "only a simulated link has a fibre stream to export keys of; \
+                         remove it with kind = \"{}\"",
+                        kind.name()
+                    ),
+                );
+            }
+            let what = if kind == LinkKind::Etsi014 {
+                "the [peer.etsi014] section (the QKD device's ETSI GS QKD 014 key-delivery \
+                 endpoint): kme_url, ca, client_cert, client_key, sae_id, peer_sae_id"
+            } else {
+                "the [peer.relay] section (mode, key_bytes, ...) and [network] with the QKD \
+                 links the keys travel over"
+            };
+            let present = if kind == LinkKind::Etsi014 {
+                has_etsi014
+            } else {
+                has_relay
+            };
+            ok &= needs(present, f, what);
         }
     }
+    ok.then_some(kind)
 }
 
 /// Checks across peers: distinct names, none named like this gateway, a

@@ -68,7 +68,14 @@ pub enum LinkSource {
     Simulated,
     /// A real QKD device over ETSI GS QKD 014.
     Etsi014,
+    /// Keys relayed hop by hop over other gateways' QKD links.
+    Relayed,
 }
+
+/// What every view of a relayed link says about its keys.
+pub const RELAYED_LINK_CAVEAT: &str = "RELAYED keys: the trusted relays on a path can read \
+    them (multipath: only relays on every path together), and they are only as secret as the \
+    QKD links they crossed (simulated hops make them simulated-grade)";
 
 /// What every view of a simulated link says about its keys.
 pub const SIMULATED_LINK_CAVEAT: &str = "SIMULATED link: its keys are only as secret as the peer \
@@ -79,6 +86,7 @@ impl LinkSource {
         match self {
             LinkSource::Simulated => "simulated",
             LinkSource::Etsi014 => "etsi014",
+            LinkSource::Relayed => "relayed",
         }
     }
 
@@ -87,6 +95,7 @@ impl LinkSource {
         match self {
             LinkSource::Simulated => Some(SIMULATED_LINK_CAVEAT),
             LinkSource::Etsi014 => None,
+            LinkSource::Relayed => Some(RELAYED_LINK_CAVEAT),
         }
     }
 }
