@@ -12,6 +12,7 @@ use crate::etsi014::source::{KeyOffer, KeyOfferAck};
 use crate::keys::{AgreementCheck, PoolSummary};
 use crate::kme::{AppKeys, AppKeysAck};
 use crate::qkd::wire::{WireError, WireReader, WireWriter};
+use crate::relay::{RelayHop, RelayRefusal};
 
 /// Longest tunnel name carried on the wire (config names are shorter).
 pub const MAX_TUNNEL_NAME: usize = 64;
@@ -30,6 +31,10 @@ const KIND_APP_KEYS: u8 = 4;
 const KIND_APP_KEYS_ACK: u8 = 5;
 const KIND_KEY_OFFER: u8 = 6;
 const KIND_KEY_OFFER_ACK: u8 = 7;
+/// Kinds 8 and 9 are the relay's ([`crate::relay`]): a one-time-padded
+/// share of a relayed key on this hop, and a refusal travelling back.
+const KIND_RELAY_HOP: u8 = 8;
+const KIND_RELAY_REFUSAL: u8 = 9;
 
 /// A rekey message for one tunnel, with the session it arrived on.
 pub struct TunnelInbound {
@@ -52,6 +57,10 @@ pub enum ControlMessage {
     KeyOffer(KeyOffer),
     /// ETSI 014 slave → master: whether it appended that block.
     KeyOfferAck(KeyOfferAck),
+    /// A relayed key's share on this hop.
+    RelayHop(RelayHop),
+    /// A relayed share went no further; on its way back to the source.
+    RelayRefusal(RelayRefusal),
 }
 
 impl ControlMessage {
@@ -71,6 +80,8 @@ impl ControlMessage {
             ControlMessage::AppKeysAck(a) => a.encode(w.u8(KIND_APP_KEYS_ACK)),
             ControlMessage::KeyOffer(o) => o.encode(w.u8(KIND_KEY_OFFER)),
             ControlMessage::KeyOfferAck(a) => a.encode(w.u8(KIND_KEY_OFFER_ACK)),
+            ControlMessage::RelayHop(h) => h.encode(w.u8(KIND_RELAY_HOP)),
+            ControlMessage::RelayRefusal(r) => r.encode(w.u8(KIND_RELAY_REFUSAL)),
         }
         w.finish()
     }
@@ -94,10 +105,24 @@ impl ControlMessage {
             KIND_APP_KEYS_ACK => ControlMessage::AppKeysAck(AppKeysAck::decode(&mut r)?),
             KIND_KEY_OFFER => ControlMessage::KeyOffer(KeyOffer::decode(&mut r)?),
             KIND_KEY_OFFER_ACK => ControlMessage::KeyOfferAck(KeyOfferAck::decode(&mut r)?),
+            KIND_RELAY_HOP => {
+                ControlMessage::RelayHop(RelayHop::decode(&mut r).map_err(relay_wire)?)
+            }
+            KIND_RELAY_REFUSAL => {
+                ControlMessage::RelayRefusal(RelayRefusal::decode(&mut r).map_err(relay_wire)?)
+            }
             _ => return Err(WireError::Invalid("control kind")),
         };
         r.finish()?;
         Ok(msg)
+    }
+}
+
+/// A relay message that does not decode is malformed like any other.
+fn relay_wire(e: crate::relay::HopError) -> WireError {
+    match e {
+        crate::relay::HopError::Wire(w) => w,
+        _ => WireError::Invalid("relay message"),
     }
 }
 
@@ -219,6 +244,9 @@ mod tests {
         assert!(
             matches!(ControlMessage::decode(&bytes).unwrap(), ControlMessage::AppKeysAck(a) if a == ack)
         );
-        assert!(ControlMessage::decode(&[8]).is_err(), "kind 8 is nobody's");
+        assert!(
+            ControlMessage::decode(&[10]).is_err(),
+            "kind 10 is nobody's"
+        );
     }
 }

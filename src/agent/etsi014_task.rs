@@ -1,17 +1,19 @@
-//! One peer's ETSI 014 key source: runs [`Master`] (the link's
+//! One peer's offered-keys source: runs [`Master`] (the link's
 //! transmitter) or [`Slave`] (the receiver) from [`crate::etsi014::source`]
-//! against this gateway's KME and the peer's control stream, and appends the
-//! agreed blocks to the peer's pool. Started instead of the QKD task for a
-//! `kind = "etsi014"` link: no QKD protocol runs between the agents.
+//! with the link's [`Supply`] — a QKD device's KME (`kind = "etsi014"`) or
+//! the relay (`kind = "relayed"`) — and the peer's control stream, and
+//! appends the agreed blocks to the peer's pool. Started instead of the QKD
+//! task: no QKD protocol runs between the agents on such a link.
 //!
 //! It works only while the pool is agreed for the current session (the
 //! `ready` watch): an offer or ack of another session is dropped, and a
 //! block is appended only if the session that carried its offer is still
 //! the agreed one. Failures raise `KeySourceFailed` (with the error, never
-//! key bytes) and count in `qkd_ipsec_etsi014_errors_total`; the master
-//! backs off from 1 s up to `retry_max`; a success clears the alarm. When
-//! keys stop coming, tunnels run on their SAs until the hard lifetime and
-//! then fail closed, as with an empty pool on any link.
+//! key bytes) and count in the key source's errors; the master backs off
+//! from 1 s up to `retry_max`; a success clears the alarm. A relay's
+//! refusal of the pending key drops it at once. When keys stop coming,
+//! tunnels run on their SAs until the hard lifetime and then fail closed,
+//! as with an empty pool on any link.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,25 +23,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Etsi014;
-use crate::etsi014::api::KeyItem;
-use crate::etsi014::client::{KmeClient, KmeError, plan_request};
 use crate::etsi014::seen::SeenKeyIds;
-use crate::etsi014::source::{
-    KeyOffer, KeyOfferAck, Master, MasterAction, RETRY_MIN, Slave, SourceConfig, SourceError,
-};
+use crate::etsi014::source::{KeyOffer, KeyOfferAck, Master, MasterAction, Slave, SourceError};
 use crate::keys::{BlockId, PersistedPool, Role};
 use crate::ops::PeerReporter;
 use crate::peer::{Inbound, PeerHandle, Stream};
+use crate::relay::RelayRefusal;
 use crate::secret::SecretBytes;
 
 use super::AgentError;
 use super::control::ControlMessage;
+use super::key_supply::Supply;
 use super::qkd_task::{QkdObserver, lock};
 
-/// dec_keys attempts the slave makes for one offer (the peer KME may not
-/// have the keys yet right after the master's enc_keys).
-const SLAVE_ATTEMPTS: u32 = 3;
 /// How often the master looks at the pool level besides events.
 const POOL_CHECK: Duration = Duration::from_secs(1);
 
@@ -58,9 +54,10 @@ pub struct Etsi014Task {
     pub peer: String,
     /// Transmitter: master (enc_keys); receiver: slave (dec_keys).
     pub role: Role,
-    pub settings: Etsi014,
-    pub client: KmeClient,
+    pub supply: Supply,
     pub seen: SeenKeyIds,
+    /// Relay refusals of this link's keys (relayed links' masters).
+    pub refusals: Option<mpsc::Receiver<RelayRefusal>>,
     pub handle: PeerHandle,
     pub inbound: mpsc::Receiver<SourceInbound>,
     /// QKD-protocol streams: nothing should arrive on them on this link;
@@ -74,25 +71,12 @@ pub struct Etsi014Task {
     pub cancel: CancellationToken,
 }
 
-/// The source settings of a link: the master waits for the slave's KME
-/// calls (with retries) plus a margin before it gives up on an ack.
-pub fn source_config(s: &Etsi014) -> SourceConfig {
-    let per_call = s.connect_timeout + s.request_timeout;
-    let retries: Duration = (0..SLAVE_ATTEMPTS - 1).map(|i| RETRY_MIN * (1 << i)).sum();
-    SourceConfig {
-        key_size_bits: s.key_size_bits,
-        batch: s.batch,
-        pool_target_bytes: s.pool_target_bytes,
-        retry_max: s.retry_max,
-        ack_timeout: per_call * SLAVE_ATTEMPTS + retries + Duration::from_secs(10),
-    }
-}
-
 impl Etsi014Task {
     pub async fn run(self) -> Result<(), AgentError> {
-        tracing::info!(peer = %self.peer, kme = %self.settings.kme_url,
+        tracing::info!(peer = %self.peer, source = %self.supply.describe(),
             role = if self.role == Role::Transmitter { "master" } else { "slave" },
-            "ETSI GS QKD 014 key source: keys come from the QKD device's KME; no QKD protocol runs on this link");
+            "{} key source: keys are offered by ID; no QKD protocol runs on this link",
+            self.supply.kind());
         match self.role {
             Role::Transmitter => self.run_master().await,
             Role::Receiver => self.run_slave().await,
@@ -100,7 +84,8 @@ impl Etsi014Task {
     }
 
     async fn run_master(mut self) -> Result<(), AgentError> {
-        let mut master = Master::new(source_config(&self.settings));
+        let mut master = Master::new(self.supply.config());
+        let mut refusals = self.refusals.take();
         let mut session: Option<u64> = None;
         // When the pending offer's fetch began (its delivery time is
         // reported when the peer accepts it).
@@ -119,7 +104,7 @@ impl Etsi014Task {
                     fetch_began = Instant::now();
                     let result = tokio::select! {
                         () = self.cancel.cancelled() => return Ok(()),
-                        r = self.fetch(number) => r,
+                        r = self.supply.fetch(number) => r,
                     };
                     let next = lock(&self.pool).pool().next_block_id();
                     match master.fetched(Instant::now(), result, next, &mut self.seen) {
@@ -148,6 +133,14 @@ impl Etsi014Task {
                         Some(m) = self.inbound.recv() => self.on_master_inbound(&mut master, session, m, fetch_began).await?,
                         Some(f) = self.fibre_rx.recv() => self.unexpected(f.payload.len()),
                         Some(q) = self.qkd_rx.recv() => self.unexpected(q.payload.len()),
+                        Some(r) = recv_refusal(&mut refusals) => {
+                            if master.refused(Instant::now(), &r.key_id) {
+                                self.failed(&SourceError::Relay(format!(
+                                    "{} refused share {} of the pending key: {}",
+                                    r.refused_by(), r.share, r.reason
+                                )));
+                            }
+                        }
                         () = tokio::time::sleep_until(wake) => {}
                     }
                 }
@@ -183,18 +176,8 @@ impl Etsi014Task {
         }
     }
 
-    /// status, then enc_keys as the status allows.
-    async fn fetch(&self, number: u32) -> Result<Vec<KeyItem>, KmeError> {
-        let slave = &self.settings.peer_sae_id;
-        let status = self.client.status(slave).await?;
-        let plan = plan_request(&status, number, self.settings.key_size_bits)?;
-        self.client
-            .enc_keys(slave, plan.number, plan.size_bits)
-            .await
-    }
-
     async fn run_slave(mut self) -> Result<(), AgentError> {
-        let slave = Slave::new(source_config(&self.settings));
+        let slave = Slave::new(self.supply.config());
         loop {
             let m = tokio::select! {
                 () = self.cancel.cancelled() => return Ok(()),
@@ -224,7 +207,10 @@ impl Etsi014Task {
         let arrived = Instant::now();
         let next = lock(&self.pool).pool().next_block_id();
         let outcome = match slave.check_offer(&offer, next, &self.seen) {
-            Ok(()) => self.dec_keys(&offer).await.map_err(SourceError::from),
+            Ok(()) => tokio::select! {
+                () = self.cancel.cancelled() => return Ok(()),
+                r = self.supply.fetch_offered(&offer) => r,
+            },
             Err(e) => Err(e),
         };
         let bytes = match outcome.and_then(|keys| slave.accept(&offer, keys, &mut self.seen)) {
@@ -245,28 +231,6 @@ impl Etsi014Task {
         Ok(())
     }
 
-    async fn dec_keys(&self, offer: &KeyOffer) -> Result<Vec<KeyItem>, KmeError> {
-        let master = &self.settings.peer_sae_id;
-        let mut attempt = 1;
-        loop {
-            let result = tokio::select! {
-                () = self.cancel.cancelled() => return Err(KmeError::Http {
-                    call: crate::etsi014::KmeCall::DecKeys,
-                    why: "the agent is stopping".into(),
-                }),
-                r = self.client.dec_keys(master, &offer.key_ids, offer.size_bits) => r,
-            };
-            match result {
-                Err(e) if attempt < SLAVE_ATTEMPTS && retryable(&e) => {
-                    tracing::debug!(peer = %self.peer, attempt, error = %e, "dec_keys failed; retrying");
-                    tokio::time::sleep(RETRY_MIN * (1 << (attempt - 1))).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// Appends an agreed block; reports success (with the time since
     /// `began`: the block's delivery) or the failure (a store error is the
     /// pool's to log, not a reason to stop the agent).
@@ -283,14 +247,15 @@ impl Etsi014Task {
             .map_err(|e| AgentError::Task(e.to_string()))?;
         match appended {
             Ok(()) => {
-                let keys = len / u64::from(self.settings.key_size_bits / 8);
-                tracing::info!(peer = %self.peer, block = block.0, keys, bytes = len, "ETSI 014 keys appended to the pool");
+                let keys = len / u64::from(self.supply.config().key_size_bits / 8);
+                tracing::info!(peer = %self.peer, block = block.0, keys, bytes = len,
+                    "{} keys appended to the pool", self.supply.kind());
                 self.reporter.key_source_ok(keys, len, began.elapsed());
                 self.observer.pool_changed(&self.peer);
                 Ok(true)
             }
             Err(e) => {
-                tracing::error!(peer = %self.peer, block = block.0, error = %e, "could not store an ETSI 014 block");
+                tracing::error!(peer = %self.peer, block = block.0, error = %e, "could not store an offered block");
                 self.reporter
                     .key_source_failed(&format!("could not store block {block}: {e}"));
                 Ok(false)
@@ -311,14 +276,14 @@ impl Etsi014Task {
         {
             Ok(()) => true,
             Err(e) => {
-                tracing::debug!(peer = %self.peer, error = %e, "ETSI 014 control send failed");
+                tracing::debug!(peer = %self.peer, error = %e, "key offer send failed");
                 false
             }
         }
     }
 
     fn failed(&self, e: &SourceError) {
-        tracing::debug!(peer = %self.peer, error = %e, "ETSI 014 key source failed");
+        tracing::debug!(peer = %self.peer, error = %e, "key source failed");
         self.reporter.key_source_failed(&e.to_string());
     }
 
@@ -327,13 +292,11 @@ impl Etsi014Task {
     }
 }
 
-/// Failures worth another dec_keys: the KME not (yet) able to serve, or
-/// the network. A 400/401 or a malformed answer will not improve.
-fn retryable(e: &KmeError) -> bool {
-    match e {
-        KmeError::Status { code, .. } => *code >= 500,
-        KmeError::Connect { .. } | KmeError::Timeout { .. } | KmeError::Http { .. } => true,
-        _ => false,
+/// The next refusal, or never when the link has no relay refusals.
+async fn recv_refusal(rx: &mut Option<mpsc::Receiver<RelayRefusal>>) -> Option<RelayRefusal> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -22,9 +22,11 @@ mod app_keys;
 pub mod control;
 pub mod etsi014_task;
 mod kernel_events;
+mod key_supply;
 mod peer_status;
 pub mod peer_task;
 pub mod qkd_task;
+pub mod relay_task;
 mod supervisor;
 pub mod tunnel_task;
 

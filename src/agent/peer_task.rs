@@ -28,6 +28,7 @@ use super::app_keys::AppKeyDesk;
 use super::control::{ControlMessage, TunnelInbound};
 use super::etsi014_task::{SourceInbound, SourceMessage};
 use super::qkd_task::lock;
+use super::relay_task::RelayRouter;
 
 /// Agreement rounds per session before giving up until the next session.
 const MAX_AGREEMENT_ROUNDS: u32 = 5;
@@ -48,6 +49,8 @@ pub struct PeerTask {
     pub channel_key_interval: Duration,
     /// The KME's exchange, when the KME is on.
     pub app_keys: Option<Arc<AppKeyDesk>>,
+    /// This gateway's relay (shares of relayed keys arrive on any link).
+    pub relay: Arc<RelayRouter>,
     pub cancel: CancellationToken,
 }
 
@@ -168,6 +171,14 @@ impl PeerTask {
             }
             ControlMessage::AppKeys(keys) => {
                 self.on_app_keys(keys).await?;
+                return Ok(());
+            }
+            ControlMessage::RelayHop(hop) => {
+                self.relay.on_hop(&self.peer, m.session, hop).await;
+                return Ok(());
+            }
+            ControlMessage::RelayRefusal(refusal) => {
+                self.relay.on_refusal(&self.peer, refusal).await;
                 return Ok(());
             }
             ControlMessage::AppKeysAck(ack) => {

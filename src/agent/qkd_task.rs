@@ -92,9 +92,7 @@ impl AuthKeys for PoolAuth<'_> {
     }
 }
 
-pub(crate) fn lock(pool: &Mutex<PersistedPool>) -> std::sync::MutexGuard<'_, PersistedPool> {
-    pool.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::ops::lock;
 
 /// Either side's state machine, so one loop drives both.
 enum Side {

@@ -47,9 +47,11 @@ use super::app_keys::{AppKeyDesk, BoardLog, PeerKeys, PoolKeyService};
 use super::control::TunnelInbound;
 use super::etsi014_task::Etsi014Task;
 use super::kernel_events::{Route, dispatch};
+use super::key_supply::{RelaySupply, Supply};
 use super::peer_status::{PeerObserver, report_link};
 use super::peer_task::PeerTask;
 use super::qkd_task::{QkdTask, lock};
+use super::relay_task::{HopLink, RelayRouter};
 use super::tunnel_task::{TunnelEvent, TunnelTask, direction_of};
 
 /// Pool bytes of the transmitter's region kept for the QKD link's
@@ -61,6 +63,9 @@ const CHANNEL_KEY_INTERVAL: Duration = Duration::from_secs(3600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The supervisor proves it is alive to the watchdog this often.
 const BEAT: Duration = Duration::from_secs(1);
+/// How long relayed keys wait for their offers when no relayed peer
+/// configures a wait (this gateway only relays).
+const RELAY_HOLD_DEFAULT: Duration = Duration::from_secs(20);
 
 /// One peer's pieces the tunnels need.
 struct PeerParts {
@@ -167,12 +172,22 @@ async fn serve(
             k.settings.max_pending_keys,
         ))
     });
+    // Relayed keys wait here for their offers twice the longest wait.
+    let hold = config
+        .peers
+        .iter()
+        .filter_map(|p| p.relay.as_ref().map(|r| r.wait * 2))
+        .max()
+        .unwrap_or(RELAY_HOLD_DEFAULT);
+    let relays = config.network.as_ref().is_some_and(|n| n.relay);
+    let router = RelayRouter::new(&gw.name, relays, hold, board.clone());
     let mut peers = HashMap::new();
     for p in &config.peers {
         let parts = start_peer(
             config,
             p,
             desk.clone(),
+            &router,
             &pool_key,
             listener.as_ref(),
             &board,
@@ -185,6 +200,23 @@ async fn serve(
         .await?;
         peers.insert(p.name.clone(), parts);
     }
+    router.set_links(
+        config
+            .peers
+            .iter()
+            .filter(|p| p.relay.is_none())
+            .map(|p| {
+                let parts = &peers[&p.name];
+                let link = HopLink {
+                    pool: Arc::clone(&parts.pool),
+                    reserve: parts.reserve,
+                    handle: parts.handle.clone(),
+                    ready: parts.ready.clone(),
+                };
+                (p.name.clone(), link)
+            })
+            .collect(),
+    );
 
     let owned = xfrm.list_owned_sas().await?;
     for t in &config.tunnels {
@@ -266,6 +298,7 @@ async fn start_peer(
     config: &Config,
     p: &Peer,
     app_keys: Option<Arc<AppKeyDesk>>,
+    router: &Arc<RelayRouter>,
     pool_key: &PoolKey,
     listener: Option<&PeerListener>,
     board: &StatusBoard,
@@ -346,12 +379,12 @@ async fn start_peer(
     });
     reporter.set_pool(&lock(&pool).status());
     let (ready_tx, ready_rx) = watch::channel(None);
-    let (source_tx, source_rx) = match p.etsi014 {
-        Some(_) => {
-            let (tx, rx) = mpsc::channel(16);
-            (Some(tx), Some(rx))
-        }
-        None => (None, None),
+    let offered = p.etsi014.is_some() || p.relay.is_some();
+    let (source_tx, source_rx) = if offered {
+        let (tx, rx) = mpsc::channel(16);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
     };
     let peer_task = PeerTask {
         peer: p.name.clone(),
@@ -364,6 +397,7 @@ async fn start_peer(
         key_source: source_tx,
         channel_key_interval: CHANNEL_KEY_INTERVAL,
         app_keys,
+        relay: Arc::clone(router),
         cancel: cancel.clone(),
     };
     tasks.spawn(failure.watch(format!("peer {}", p.name), cancel.clone(), peer_task.run()));
@@ -372,25 +406,50 @@ async fn start_peer(
         pool: Arc::clone(&pool),
         tunnels: tunnel_events,
     });
-    match (&p.etsi014, source_rx) {
-        (Some(settings), Some(inbound)) => {
-            // No QKD protocol on this link: the device ran it.
-            let field = format!("peer {}: etsi014", p.name);
+    let field = format!("peer {}: key source", p.name);
+    let supply = match (&p.etsi014, &p.relay) {
+        (Some(settings), _) => {
             let client = KmeClient::new(&settings.client_config()).map_err(|e| setup(&field, e))?;
+            Some(Supply::Kme {
+                client,
+                settings: settings.clone(),
+            })
+        }
+        (None, Some(relay)) => Some(Supply::Relay(RelaySupply {
+            peer: p.name.clone(),
+            me: gw.name.clone(),
+            settings: relay.clone(),
+            router: Arc::clone(router),
+            board: board.clone(),
+        })),
+        (None, None) => None,
+    };
+    match (supply, source_rx) {
+        (Some(supply), Some(inbound)) => {
+            // No QKD protocol on this link: a device ran it, or the keys
+            // are relayed over other links.
             let seen = SeenKeyIds::open(&SeenKeyIds::file_for(&gw.state_dir, &p.name))
                 .map_err(|e| setup(&field, e))?;
-            let role = if p.role == crate::keys::Role::Transmitter {
-                "master"
-            } else {
-                "slave"
+            let role = match (&supply, p.role) {
+                (Supply::Kme { .. }, crate::keys::Role::Transmitter) => "master",
+                (Supply::Kme { .. }, crate::keys::Role::Receiver) => "slave",
+                (Supply::Relay(_), crate::keys::Role::Transmitter) => "source",
+                (Supply::Relay(_), crate::keys::Role::Receiver) => "destination",
             };
-            reporter.set_key_source(&settings.kme_url, role);
+            reporter.set_key_source(&supply.describe(), role);
+            let refusals = match (&supply, p.role) {
+                (Supply::Relay(_), crate::keys::Role::Transmitter) => {
+                    Some(router.refusals_for(&p.name))
+                }
+                _ => None,
+            };
+            let kind = supply.kind();
             let task = Etsi014Task {
                 peer: p.name.clone(),
                 role: p.role,
-                settings: settings.clone(),
-                client,
+                supply,
                 seen,
+                refusals,
                 handle: handle.clone(),
                 inbound,
                 fibre_rx: rx.fibre,
@@ -402,7 +461,7 @@ async fn start_peer(
                 cancel: cancel.clone(),
             };
             tasks.spawn(failure.watch(
-                format!("ETSI 014 key source {}", p.name),
+                format!("{kind} key source {}", p.name),
                 cancel.clone(),
                 task.run(),
             ));
@@ -430,7 +489,7 @@ async fn start_peer(
         Arc::clone(&pool),
         cancel.clone(),
     ));
-    let reserve = if p.etsi014.is_some() {
+    let reserve = if offered {
         0
     } else {
         AUTH_RESERVE_BLOCKS * AUTH_KEY_BYTES_PER_BLOCK as u64

@@ -144,7 +144,7 @@ impl RelaySection {
                 ),
             );
         }
-        debug_assert!(MAX_RELAYED_KEY_BYTES <= MAX_BLOCK_BYTES);
+        const { assert!(MAX_RELAYED_KEY_BYTES <= MAX_BLOCK_BYTES) };
         if self.wait.get() < Duration::from_millis(100) {
             ok = false;
             f.error(

@@ -125,6 +125,10 @@ pub enum SourceError {
     BadOffer(String),
     #[error("an acknowledgement for block {0} that was not offered")]
     UnexpectedAck(BlockId),
+    /// A relayed key could not be sent or did not arrive
+    /// ([`crate::relay`]; the same offer protocol carries relayed keys).
+    #[error("relay: {0}")]
+    Relay(String),
 }
 
 impl From<RecordError> for SourceError {
@@ -259,7 +263,7 @@ impl Master {
     pub fn fetched(
         &mut self,
         now: Instant,
-        result: Result<Vec<KeyItem>, KmeError>,
+        result: Result<Vec<KeyItem>, SourceError>,
         next_block: BlockId,
         seen: &mut SeenKeyIds,
     ) -> Result<KeyOffer, SourceError> {
@@ -274,7 +278,7 @@ impl Master {
     fn make_offer(
         &mut self,
         now: Instant,
-        result: Result<Vec<KeyItem>, KmeError>,
+        result: Result<Vec<KeyItem>, SourceError>,
         next_block: BlockId,
         seen: &mut SeenKeyIds,
     ) -> Result<KeyOffer, SourceError> {
@@ -320,6 +324,22 @@ impl Master {
                 Err(SourceError::UnexpectedAck(ack.block))
             }
         }
+    }
+
+    /// The pending offer's keys will never arrive (a relay refused them):
+    /// dropped, and the back-off started. `false` if `key_ids` are not the
+    /// pending offer's.
+    pub fn refused(&mut self, now: Instant, key_id: &Uuid) -> bool {
+        if !self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.offer.key_ids.contains(key_id))
+        {
+            return false;
+        }
+        self.pending = None;
+        self.backoff.fail(now);
+        true
     }
 
     /// The session ended or the pool is no longer agreed: a pending offer

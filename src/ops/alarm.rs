@@ -84,6 +84,13 @@ pub enum Alarm {
         peer: String,
         error: String,
     },
+    /// A multipath relayed link has fewer node-disjoint paths up than
+    /// configured: it relays over fewer (`fallback = true`: a relay may then
+    /// learn the keys) or not at all.
+    RelayDegraded {
+        peer: String,
+        detail: String,
+    },
 }
 
 /// An alarm's kind without details: its identity (with the subject) and its
@@ -98,10 +105,11 @@ pub enum AlarmKind {
     TunnelFailedClosed,
     RekeyFailed,
     KeySourceFailed,
+    RelayDegraded,
 }
 
 impl AlarmKind {
-    pub const ALL: [AlarmKind; 8] = [
+    pub const ALL: [AlarmKind; 9] = [
         AlarmKind::QberAboveThreshold,
         AlarmKind::AuthenticationFailed,
         AlarmKind::VerificationFailed,
@@ -110,6 +118,7 @@ impl AlarmKind {
         AlarmKind::TunnelFailedClosed,
         AlarmKind::RekeyFailed,
         AlarmKind::KeySourceFailed,
+        AlarmKind::RelayDegraded,
     ];
 
     /// Stable name: the JSON tag and the metrics label.
@@ -123,6 +132,7 @@ impl AlarmKind {
             AlarmKind::TunnelFailedClosed => "tunnel_failed_closed",
             AlarmKind::RekeyFailed => "rekey_failed",
             AlarmKind::KeySourceFailed => "key_source_failed",
+            AlarmKind::RelayDegraded => "relay_degraded",
         }
     }
 
@@ -136,7 +146,8 @@ impl AlarmKind {
             AlarmKind::PoolExhausted
             | AlarmKind::PeerUnreachable
             | AlarmKind::RekeyFailed
-            | AlarmKind::KeySourceFailed => Severity::Warning,
+            | AlarmKind::KeySourceFailed
+            | AlarmKind::RelayDegraded => Severity::Warning,
         }
     }
 
@@ -173,6 +184,7 @@ impl Alarm {
             Alarm::TunnelFailedClosed { .. } => AlarmKind::TunnelFailedClosed,
             Alarm::RekeyFailed { .. } => AlarmKind::RekeyFailed,
             Alarm::KeySourceFailed { .. } => AlarmKind::KeySourceFailed,
+            Alarm::RelayDegraded { .. } => AlarmKind::RelayDegraded,
         }
     }
 
@@ -184,7 +196,8 @@ impl Alarm {
             | Alarm::VerificationFailed { peer }
             | Alarm::PoolExhausted { peer }
             | Alarm::PeerUnreachable { peer, .. }
-            | Alarm::KeySourceFailed { peer, .. } => peer,
+            | Alarm::KeySourceFailed { peer, .. }
+            | Alarm::RelayDegraded { peer, .. } => peer,
             Alarm::TunnelFailedClosed { tunnel, .. } | Alarm::RekeyFailed { tunnel, .. } => tunnel,
         }
     }
@@ -237,6 +250,9 @@ impl Alarm {
                 "key source of the link to {peer} failed: {error}; retrying with back-off \
                  (tunnels keep their SAs until hard lifetime, then fail closed)"
             ),
+            Alarm::RelayDegraded { peer, detail } => {
+                format!("relayed keys for {peer} degraded: {detail}")
+            }
         }
     }
 }

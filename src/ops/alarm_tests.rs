@@ -157,6 +157,10 @@ fn json_tags_alarms_by_kind() {
                 peer: "x".into(),
                 error: "the KME answered 503 to enc_keys: no key".into(),
             },
+            AlarmKind::RelayDegraded => Alarm::RelayDegraded {
+                peer: "x".into(),
+                detail: "multipath to x: 1 of 2 node-disjoint paths up".into(),
+            },
         };
         assert_eq!(sample.kind(), k);
         assert_eq!(serde_json::to_value(&sample).unwrap()["kind"], k.name());

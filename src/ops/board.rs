@@ -19,7 +19,7 @@ use super::alarm::{Alarm, AlarmKind};
 use super::alarm_desk::AlarmDesk;
 pub use super::alarm_desk::{BoardOptions, Clock};
 use super::peer_entry::{PeerEntry, PeerReporter};
-use super::snapshot::{BoardSnapshot, PeerRole, SaeSnapshot};
+use super::snapshot::{BoardSnapshot, PeerRole, RelayLinkSnapshot, SaeSnapshot};
 use super::tunnel_entry::{TunnelEntry, TunnelReporter};
 use super::{lock, read, unix_ms, write};
 
@@ -37,6 +37,22 @@ struct Inner {
     peers: RwLock<BTreeMap<String, Arc<RwLock<PeerEntry>>>>,
     tunnels: RwLock<BTreeMap<String, Arc<RwLock<TunnelEntry>>>>,
     kme: Mutex<BTreeMap<String, SaeSnapshot>>,
+    relay: Mutex<BTreeMap<String, RelayLinkSnapshot>>,
+}
+
+/// What the relay counts per QKD link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A share sealed and sent on the link.
+    Sent,
+    /// A share received and opened (its tag checked).
+    Received,
+    /// A received share sent on to the next hop.
+    Forwarded,
+    /// A received share of a key for this gateway.
+    Delivered,
+    /// A received share refused (not taken further).
+    Refused,
 }
 
 /// What the KME counts per SAE.
@@ -73,6 +89,7 @@ impl StatusBoard {
                 peers: RwLock::default(),
                 tunnels: RwLock::default(),
                 kme: Mutex::default(),
+                relay: Mutex::default(),
             }),
         }
     }
@@ -135,6 +152,30 @@ impl StatusBoard {
         *counter += n;
     }
 
+    /// Counts a relayed-key share event on the QKD link to `link`.
+    pub fn relay_counted(&self, link: &str, what: RelayEvent, bytes: u64) {
+        let mut relay = lock(&self.inner.relay);
+        let e = relay
+            .entry(link.to_owned())
+            .or_insert_with(|| RelayLinkSnapshot {
+                link: link.to_owned(),
+                ..RelayLinkSnapshot::default()
+            });
+        match what {
+            RelayEvent::Sent => {
+                e.sent_shares_total += 1;
+                e.sent_bytes_total += bytes;
+            }
+            RelayEvent::Received => {
+                e.received_shares_total += 1;
+                e.received_bytes_total += bytes;
+            }
+            RelayEvent::Forwarded => e.forwarded_shares_total += 1,
+            RelayEvent::Delivered => e.delivered_shares_total += 1,
+            RelayEvent::Refused => e.refused_shares_total += 1,
+        }
+    }
+
     /// Forgets a peer; handles still held keep working but are no longer shown.
     pub fn remove_peer(&self, name: &str) -> bool {
         write(&self.inner.peers).remove(name).is_some()
@@ -181,6 +222,7 @@ impl StatusBoard {
             alarms,
             alarms_raised_total,
             kme: lock(&self.inner.kme).values().cloned().collect(),
+            relay: lock(&self.inner.relay).values().cloned().collect(),
         }
     }
 }

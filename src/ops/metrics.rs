@@ -111,6 +111,7 @@ pub fn render_metrics(s: &BoardSnapshot) -> String {
     render_tunnels(&mut e, s);
     render_alarms(&mut e, s);
     render_kme(&mut e, s);
+    render_relay(&mut e, s);
     e.out
 }
 
@@ -387,6 +388,62 @@ fn render_kme(e: &mut Exposition, s: &BoardSnapshot) {
         let mut f = e.family(name, Type::Counter, help);
         for k in &s.kme {
             f.sample(&[("sae", &k.sae)], value(k) as f64);
+        }
+    }
+}
+
+/// A relay family: name, help, and the count it shows.
+type RelayFamily = (
+    &'static str,
+    &'static str,
+    fn(&super::snapshot::RelayLinkSnapshot) -> u64,
+);
+
+fn render_relay(e: &mut Exposition, s: &BoardSnapshot) {
+    let families: [RelayFamily; 7] = [
+        (
+            "qkd_ipsec_relay_sent_shares_total",
+            "Relayed-key shares sealed and sent on this QKD link.",
+            |r| r.sent_shares_total,
+        ),
+        (
+            "qkd_ipsec_relay_sent_bytes_total",
+            "Bytes of relayed-key shares sent on this QKD link (each also took 32 bytes of tag key).",
+            |r| r.sent_bytes_total,
+        ),
+        (
+            "qkd_ipsec_relay_received_shares_total",
+            "Relayed-key shares received on this QKD link with a valid tag.",
+            |r| r.received_shares_total,
+        ),
+        (
+            "qkd_ipsec_relay_received_bytes_total",
+            "Bytes of relayed-key shares received on this QKD link.",
+            |r| r.received_bytes_total,
+        ),
+        (
+            "qkd_ipsec_relay_forwarded_shares_total",
+            "Shares received on this link that this gateway relayed on to the next hop.",
+            |r| r.forwarded_shares_total,
+        ),
+        (
+            "qkd_ipsec_relay_delivered_shares_total",
+            "Shares received on this link of keys addressed to this gateway.",
+            |r| r.delivered_shares_total,
+        ),
+        (
+            "qkd_ipsec_relay_refused_shares_total",
+            "Shares from this link that this gateway refused to take further.",
+            |r| r.refused_shares_total,
+        ),
+    ];
+    if s.relay.is_empty() {
+        return;
+    }
+    for (name, help, value) in families {
+        let mut f = e.family(name, Type::Counter, help);
+        for r in &s.relay {
+            f.sample(&[("link", &r.link)], value(r) as f64);
         }
     }
 }

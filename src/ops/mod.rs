@@ -56,7 +56,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use alarm::{Alarm, AlarmKind, AuthSource, QberBasis};
-pub use board::{BoardOptions, Clock, KmeDelivery, StatusBoard};
+pub use board::{BoardOptions, Clock, KmeDelivery, RelayEvent, StatusBoard};
 pub use logging::{LogFormat, init_logging};
 pub use metrics::render_metrics;
 pub use metrics_server::{MetricsServer, MetricsServerError};

@@ -43,6 +43,24 @@ pub fn render_text(s: &BoardSnapshot) -> String {
             );
         }
     }
+    if !s.relay.is_empty() {
+        out.push_str("\nRelayed-key shares per QKD link\n");
+        for r in &s.relay {
+            let _ = writeln!(
+                out,
+                "  {}: sent {} ({} B), received {} ({} B): {} relayed on, {} for this gateway, \
+                 {} refused",
+                r.link,
+                r.sent_shares_total,
+                r.sent_bytes_total,
+                r.received_shares_total,
+                r.received_bytes_total,
+                r.forwarded_shares_total,
+                r.delivered_shares_total,
+                r.refused_shares_total
+            );
+        }
+    }
     out.push_str("\nAlarms\n");
     if s.alarms.is_empty() {
         out.push_str("  (none)\n");

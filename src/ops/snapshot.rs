@@ -31,6 +31,30 @@ pub struct BoardSnapshot {
     /// is off).
     #[serde(default)]
     pub kme: Vec<SaeSnapshot>,
+    /// Relayed-key shares this gateway sent, received, passed on and
+    /// refused, per QKD link (empty when it relays nothing).
+    #[serde(default)]
+    pub relay: Vec<RelayLinkSnapshot>,
+}
+
+/// Relayed-key shares over one QKD link, counted by this gateway. Each share
+/// sent or received consumed its length plus 32 bytes of that link's pool
+/// (the pool's `relay` use).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayLinkSnapshot {
+    /// The neighbour at the other end of the link.
+    pub link: String,
+    pub sent_shares_total: u64,
+    pub sent_bytes_total: u64,
+    pub received_shares_total: u64,
+    pub received_bytes_total: u64,
+    /// Received shares this gateway passed on to the next hop (it is a
+    /// relay for them).
+    pub forwarded_shares_total: u64,
+    /// Received shares for keys addressed to this gateway.
+    pub delivered_shares_total: u64,
+    /// Shares from this link this gateway refused to take further.
+    pub refused_shares_total: u64,
 }
 
 /// One SAE's deliveries from the KME. `sae` is a configured SAE ID, or

@@ -211,7 +211,10 @@ impl Transcript {
     pub fn forgery_bound(&self) -> f64 {
         self.hash_blocks() as f64 * 2f64.powi(-128)
     }
+}
 
+#[cfg(test)]
+impl Transcript {
     fn hash(&self, backend: ClmulBackend, point: Gf128) -> Gf128 {
         hash_bytes(backend, point, &self.bytes)
     }
