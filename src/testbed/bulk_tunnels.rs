@@ -102,7 +102,7 @@ mod tests {
             gw_b: gw(v4(192, 0, 2, 2), v4(10, 2, 0, 1), v4(10, 2, 0, 0)),
             host_a: host(v4(10, 1, 0, 2)),
             host_b: host(v4(10, 2, 0, 2)),
-            created: Vec::new(),
+            namespaces: crate::testbed::OwnedNamespaces::new("paper"),
         }
     }
 

@@ -517,7 +517,7 @@ mod tests {
             ),
             host_a: host("ha", v4(10, 1, 0, 2)),
             host_b: host("hb", v4(10, 2, 0, 2)),
-            created: Vec::new(),
+            namespaces: crate::testbed::OwnedNamespaces::new("paper"),
         }
     }
 
