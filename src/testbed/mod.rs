@@ -21,12 +21,14 @@
 //! agents as processes on a testbed, for the demo and the agent tests.
 
 mod agent_pair;
+mod agent_process;
 mod bulk_tunnels;
 mod namespaces;
 mod pair_config;
 mod rtnl;
 
 pub use agent_pair::{AgentPair, AgentPairError};
+pub use agent_process::AgentProcessError;
 pub use bulk_tunnels::{MAX_BULK_TUNNELS, bulk_tunnel_subnets};
 pub use pair_config::{
     AgentPairOptions, EVE_PORT, Etsi014Options, EveOptions, GatewayFiles, KME_PORT, KmeOptions,
