@@ -8,9 +8,8 @@
 //! Owns only the TOML text of these tunnels; no hosts stand behind them and
 //! nothing here starts or creates anything.
 
-use std::time::Duration;
-
 use super::Testbed;
+use super::config_sections::{duration_str, quoted};
 use super::pair_config::{AgentPairOptions, Side};
 
 /// Most bulk tunnels a pair can hold: their subnets use the second octets
@@ -60,15 +59,6 @@ pub(super) fn render(side: Side, opts: &AgentPairOptions, bed: &Testbed) -> Stri
         ));
     }
     t
-}
-
-/// A TOML basic string.
-fn quoted(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn duration_str(d: Duration) -> String {
-    quoted(&format!("{}ms", d.as_millis()))
 }
 
 #[cfg(test)]

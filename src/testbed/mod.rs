@@ -23,6 +23,7 @@
 mod agent_pair;
 mod agent_process;
 mod bulk_tunnels;
+mod config_sections;
 mod namespaces;
 mod pair_config;
 mod rtnl;
