@@ -20,51 +20,18 @@ use std::process::{Command, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::Testbed;
 use super::agent_process::{
-    AgentProcess, AgentProcessError, Process, lock, open_log, spawn_logged, tail_text,
-    write_private,
+    AgentProcess, Process, lock, open_log, release, spawn_logged, tail_text, write_private,
 };
+use super::fixture_error::{AgentPairError, check_bootstrap_bytes, random_secret};
 use super::pair_config::{self, AgentPairOptions, GatewayFiles, KME_PORT, Side};
-use super::{TeardownError, Testbed, TestbedError};
-use crate::config::{Config, MIN_BOOTSTRAP_SECRET_BYTES};
+use crate::config::Config;
 use crate::ops::BoardSnapshot;
 use crate::secret::file::ensure_private_dir;
-use crate::secret::{SecretBytes, SecretFileError, write_secret_file};
+use crate::secret::write_secret_file;
 use crate::tls::TlsFiles;
-use crate::tls::lab_pki::{LabCa, LabPkiError};
-
-/// Errors of the fixture. Each says which gateway and what to look at.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentPairError {
-    #[error(transparent)]
-    Testbed(Box<TestbedError>),
-    #[error(transparent)]
-    Teardown(Box<TeardownError>),
-    #[error(transparent)]
-    Agent(#[from] AgentProcessError),
-    #[error(transparent)]
-    Secret(#[from] SecretFileError),
-    #[error("cannot draw random secret bytes: {0}")]
-    Random(String),
-    #[error("the fixture wrote a config the agent would refuse: {0}")]
-    Config(String),
-    #[error("this pair has no Eve")]
-    NoEve,
-    #[error("lab PKI: {0}")]
-    Pki(#[from] LabPkiError),
-}
-
-impl From<TestbedError> for AgentPairError {
-    fn from(e: TestbedError) -> Self {
-        Self::Testbed(Box::new(e))
-    }
-}
-
-impl From<TeardownError> for AgentPairError {
-    fn from(e: TeardownError) -> Self {
-        Self::Teardown(Box::new(e))
-    }
-}
+use crate::tls::lab_pki::LabCa;
 
 /// The fixture. See the module docs.
 pub struct AgentPair {
@@ -82,12 +49,7 @@ impl AgentPair {
     /// asked) and both agents. Does not wait for them to connect: use
     /// [`AgentPair::wait_status`]. Must be called inside a tokio runtime.
     pub async fn start(opts: AgentPairOptions) -> Result<Self, AgentPairError> {
-        if opts.bootstrap_bytes < MIN_BOOTSTRAP_SECRET_BYTES {
-            return Err(AgentPairError::Config(format!(
-                "bootstrap_bytes {} is below the minimum {MIN_BOOTSTRAP_SECRET_BYTES}",
-                opts.bootstrap_bytes
-            )));
-        }
+        check_bootstrap_bytes(opts.bootstrap_bytes)?;
         if opts.bulk_tunnels > super::MAX_BULK_TUNNELS {
             return Err(AgentPairError::Config(format!(
                 "bulk_tunnels {} is above the maximum {}",
@@ -169,14 +131,12 @@ impl AgentPair {
     fn write_files(&self) -> Result<(), AgentPairError> {
         ensure_private_dir(&self.root)?;
         self.write_pki()?;
-        let random =
-            |len| SecretBytes::random(len).map_err(|e| AgentPairError::Random(e.to_string()));
-        let bootstrap = random(self.opts.bootstrap_bytes)?;
+        let bootstrap = random_secret(self.opts.bootstrap_bytes)?;
         for side in Side::BOTH {
             let f = self.files(side);
             ensure_private_dir(&f.dir)?;
             ensure_private_dir(&f.state_dir)?;
-            write_secret_file(&f.pool_key, &random(32)?)?;
+            write_secret_file(&f.pool_key, &random_secret(32)?)?;
             write_secret_file(&f.bootstrap, &bootstrap)?;
             self.write_config(side)?;
         }
@@ -375,17 +335,14 @@ impl AgentPair {
     /// Stops everything and deletes the namespaces, reporting what could
     /// not be deleted.
     pub fn teardown(mut self) -> Result<(), AgentPairError> {
-        self.stop_processes();
-        let _ = std::fs::remove_dir_all(&self.root);
+        self.stop_eve();
+        release(&self.agents, &self.root);
         // Deleted here so the errors can be returned; the drop that
         // follows finds nothing left to delete.
         self.bed.delete_all().map_err(AgentPairError::from)
     }
 
-    fn stop_processes(&mut self) {
-        for agent in &self.agents {
-            agent.kill_quietly();
-        }
+    fn stop_eve(&self) {
         if let Some((eve, _, _)) = &self.eve {
             lock(eve).kill();
         }
@@ -394,16 +351,11 @@ impl AgentPair {
 
 impl Drop for AgentPair {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for agent in &self.agents {
-                agent.print_log_tail();
-            }
-            if self.eve.is_some() {
-                eprintln!("----- eve -----\n{}", tail_text(&self.eve_log(), 10));
-            }
+        if std::thread::panicking() && self.eve.is_some() {
+            eprintln!("----- eve -----\n{}", tail_text(&self.eve_log(), 10));
         }
-        self.stop_processes();
-        let _ = std::fs::remove_dir_all(&self.root);
+        self.stop_eve();
+        release(&self.agents, &self.root);
         // `bed` drops after this and deletes the namespaces.
     }
 }

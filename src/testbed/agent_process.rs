@@ -288,18 +288,34 @@ impl AgentProcess {
     }
 
     /// SIGKILL, reaped, for teardown (nothing is written to the log).
-    pub(super) fn kill_quietly(&self) {
+    fn kill_quietly(&self) {
         lock(&self.process).kill();
     }
 
     /// For a fixture's drop while a test unwinds: the tail of the log.
-    pub(super) fn print_log_tail(&self) {
+    fn print_log_tail(&self) {
         eprintln!(
             "----- last {LOG_TAIL_LINES} lines of {}'s agent log -----\n{}",
             self.gateway,
             self.log_tail(LOG_TAIL_LINES)
         );
     }
+}
+
+/// What a fixture does with its agents when it goes (teardown or drop):
+/// prints the tail of every log if a test is unwinding, kills every agent
+/// and removes the fixture's private directory. Its namespaces are deleted
+/// after this, by the fixture.
+pub(super) fn release(agents: &[AgentProcess], root: &Path) {
+    if std::thread::panicking() {
+        for agent in agents {
+            agent.print_log_tail();
+        }
+    }
+    for agent in agents {
+        agent.kill_quietly();
+    }
+    let _ = std::fs::remove_dir_all(root);
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

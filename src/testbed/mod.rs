@@ -24,13 +24,15 @@ mod agent_pair;
 mod agent_process;
 mod bulk_tunnels;
 mod config_sections;
+mod fixture_error;
 mod namespaces;
 mod pair_config;
 mod rtnl;
 
-pub use agent_pair::{AgentPair, AgentPairError};
+pub use agent_pair::AgentPair;
 pub use agent_process::AgentProcessError;
 pub use bulk_tunnels::{MAX_BULK_TUNNELS, bulk_tunnel_subnets};
+pub use fixture_error::{AgentNetworkError, AgentPairError, FixtureError};
 pub use pair_config::{
     AgentPairOptions, EVE_PORT, Etsi014Options, EveOptions, GatewayFiles, KME_PORT, KmeOptions,
     LifetimeOptions, PEER_PORT, Side, TUNNEL_NAME,
