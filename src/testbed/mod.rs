@@ -26,6 +26,7 @@ mod bulk_tunnels;
 mod config_sections;
 mod fixture_error;
 mod namespaces;
+mod network;
 mod pair_config;
 mod rtnl;
 
@@ -33,6 +34,10 @@ pub use agent_pair::AgentPair;
 pub use agent_process::AgentProcessError;
 pub use bulk_tunnels::{MAX_BULK_TUNNELS, bulk_tunnel_subnets};
 pub use fixture_error::{AgentNetworkError, AgentPairError, FixtureError};
+pub use network::{
+    Channel, ChannelKind, NETWORK_WAN_PREFIX_LEN, Network, NetworkGateway, NetworkSite, Node,
+    Topology,
+};
 pub use pair_config::{
     AgentPairOptions, EVE_PORT, Etsi014Options, EveOptions, GatewayFiles, KME_PORT, KmeOptions,
     LifetimeOptions, PEER_PORT, Side, TUNNEL_NAME,
