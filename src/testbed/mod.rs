@@ -27,6 +27,7 @@ mod config_sections;
 mod fixture_error;
 mod namespaces;
 mod network;
+mod network_config;
 mod pair_config;
 mod rtnl;
 
@@ -37,6 +38,10 @@ pub use fixture_error::{AgentNetworkError, AgentPairError, FixtureError};
 pub use network::{
     Channel, ChannelKind, NETWORK_WAN_PREFIX_LEN, Network, NetworkGateway, NetworkSite, Node,
     Topology,
+};
+pub use network_config::{
+    NetworkOptions, NodeFiles, RELAY_KEY_SIZE_BITS, RELAY_RETRY_MAX, RelayMode,
+    network_tunnel_name, render_node_config,
 };
 pub use pair_config::{
     AgentPairOptions, EVE_PORT, Etsi014Options, EveOptions, GatewayFiles, KME_PORT, KmeOptions,
