@@ -19,7 +19,15 @@
 //!
 //! [`AgentPair`] (in `agent_pair`, configs in `pair_config`) runs two real
 //! agents as processes on a testbed, for the demo and the agent tests.
+//!
+//! [`Network`] (in `network`) is the same idea for more gateways: a
+//! [`Topology`] of QKD links over a shared WAN router, with sites behind
+//! the two end gateways, for trusted-relay tests; [`AgentNetwork`]
+//! (configs in `network_config`) runs one agent per gateway on it. Both
+//! fixtures build namespaces with `rtnl` and `namespaces`, run agents with
+//! `agent_process` and render shared TOML sections with `config_sections`.
 
+mod agent_network;
 mod agent_pair;
 mod agent_process;
 mod bulk_tunnels;
@@ -31,6 +39,7 @@ mod network_config;
 mod pair_config;
 mod rtnl;
 
+pub use agent_network::AgentNetwork;
 pub use agent_pair::AgentPair;
 pub use agent_process::AgentProcessError;
 pub use bulk_tunnels::{MAX_BULK_TUNNELS, bulk_tunnel_subnets};
