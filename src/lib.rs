@@ -18,7 +18,7 @@
 //! | [`gf2`]       | carry-less arithmetic: GF(2^128), Toeplitz middle products (no protocol). |
 //! | [`netns`]     | network namespace handles; running code inside one.             |
 //! | [`ops`]       | status board, alarms, status socket, metrics, systemd notify, logging. |
-//! | [`testbed`]   | a disposable two-gateway topology in namespaces (tests, demo).  |
+//! | [`testbed`]   | disposable gateway topologies in namespaces — a pair, a relay chain or diamond — and agents on them (tests, demo). |
 //! | [`eve`]       | the lab attacker: intercept–resend proxy on the fibre stream, hostile peer client. |
 //! | [`config`]    | the gateway's TOML configuration: format, checks, conversions to the layers' types. |
 //! | [`cli`]       | command-line entry points; `main.rs` only calls [`cli::main`].  |

@@ -8,9 +8,8 @@
 //! Owns only the TOML text of these tunnels; no hosts stand behind them and
 //! nothing here starts or creates anything.
 
-use std::time::Duration;
-
 use super::Testbed;
+use super::config_sections::{duration_str, quoted};
 use super::pair_config::{AgentPairOptions, Side};
 
 /// Most bulk tunnels a pair can hold: their subnets use the second octets
@@ -62,15 +61,6 @@ pub(super) fn render(side: Side, opts: &AgentPairOptions, bed: &Testbed) -> Stri
     t
 }
 
-/// A TOML basic string.
-fn quoted(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn duration_str(d: Duration) -> String {
-    quoted(&format!("{}ms", d.as_millis()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,7 +92,7 @@ mod tests {
             gw_b: gw(v4(192, 0, 2, 2), v4(10, 2, 0, 1), v4(10, 2, 0, 0)),
             host_a: host(v4(10, 1, 0, 2)),
             host_b: host(v4(10, 2, 0, 2)),
-            created: Vec::new(),
+            namespaces: crate::testbed::OwnedNamespaces::new("paper"),
         }
     }
 

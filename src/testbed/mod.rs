@@ -19,28 +19,52 @@
 //!
 //! [`AgentPair`] (in `agent_pair`, configs in `pair_config`) runs two real
 //! agents as processes on a testbed, for the demo and the agent tests.
+//!
+//! [`Network`] (in `network`) is the same idea for more gateways: a
+//! [`Topology`] of QKD links over a shared WAN router, with sites behind
+//! the two end gateways, for trusted-relay tests; [`AgentNetwork`]
+//! (configs in `network_config`) runs one agent per gateway on it. Both
+//! fixtures build namespaces with `rtnl` and `namespaces`, run agents with
+//! `agent_process` and render shared TOML sections with `config_sections`.
 
+mod agent_network;
 mod agent_pair;
+mod agent_process;
 mod bulk_tunnels;
+mod config_sections;
+mod fixture_error;
+mod namespaces;
+mod network;
+mod network_config;
 mod pair_config;
+mod rtnl;
 
-pub use agent_pair::{AgentPair, AgentPairError};
+pub use agent_network::AgentNetwork;
+pub use agent_pair::AgentPair;
+pub use agent_process::AgentProcessError;
 pub use bulk_tunnels::{MAX_BULK_TUNNELS, bulk_tunnel_subnets};
+pub use fixture_error::{AgentNetworkError, AgentPairError, FixtureError};
+pub use network::{
+    Channel, ChannelKind, NETWORK_WAN_PREFIX_LEN, Network, NetworkGateway, NetworkSite, Node,
+    Topology,
+};
+pub use network_config::{
+    NetworkOptions, NodeFiles, RELAY_KEY_SIZE_BITS, RELAY_RETRY_MAX, RelayMode,
+    network_tunnel_name, render_node_config,
+};
 pub use pair_config::{
     AgentPairOptions, EVE_PORT, Etsi014Options, EveOptions, GatewayFiles, KME_PORT, KmeOptions,
     LifetimeOptions, PEER_PORT, Side, TUNNEL_NAME,
 };
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns::{Netns, NetnsError};
 use crate::xfrm::Prefix;
+
+use namespaces::OwnedNamespaces;
+use rtnl::Rtnl;
 
 /// Interface names inside the namespaces (each namespace has its own name
 /// space, so they are the same in every testbed).
@@ -109,7 +133,7 @@ pub struct Testbed {
     pub gw_b: Gateway,
     pub host_a: Host,
     pub host_b: Host,
-    created: Vec<String>,
+    namespaces: OwnedNamespaces,
 }
 
 static NEXT_TESTBED: AtomicU32 = AtomicU32::new(0);
@@ -158,7 +182,7 @@ impl Testbed {
                 netns: Netns::Current,
                 addr: v4(10, 2, 0, 2),
             },
-            created: Vec::new(),
+            namespaces: OwnedNamespaces::new(prefix),
         };
         // From here on, an early return drops `bed`, which deletes whatever
         // namespaces were already created.
@@ -168,8 +192,7 @@ impl Testbed {
             bed.host_a.name.clone(),
             bed.host_b.name.clone(),
         ] {
-            let ns = Netns::create_named(&name)?;
-            bed.created.push(name.clone());
+            let ns = bed.namespaces.create(&name)?;
             if name == bed.gw_a.name {
                 bed.gw_a.netns = ns;
             } else if name == bed.gw_b.name {
@@ -234,19 +257,7 @@ impl Testbed {
     }
 
     fn delete_all(&mut self) -> Result<(), TeardownError> {
-        let errors: Vec<NetnsError> = self
-            .created
-            .drain(..)
-            .filter_map(|name| Netns::delete_named(&name).err())
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(TeardownError {
-                prefix: self.prefix.clone(),
-                errors,
-            })
-        }
+        self.namespaces.delete_all()
     }
 
     /// A point-to-point link between a namespace of this testbed and one of
@@ -279,143 +290,6 @@ impl Testbed {
             &self.host_a.name,
             &self.host_b.name,
         ]
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        if let Err(e) = self.delete_all() {
-            // Drop cannot return errors; say what is left behind.
-            tracing::error!("{e}");
-            eprintln!("{e}");
-        }
-    }
-}
-
-/// An rtnetlink connection opened inside one namespace; its connection task
-/// is aborted when it is dropped, on success and error paths alike.
-struct Rtnl {
-    prefix: String,
-    netns: Netns,
-    handle: Handle,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Rtnl {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Rtnl {
-    async fn open(prefix: &str, netns: &Netns) -> Result<Self, TestbedError> {
-        let runtime = tokio::runtime::Handle::current();
-        // The socket must be created inside the namespace; registering it
-        // with the reactor needs the runtime context on that thread.
-        let (connection, handle, _) = netns
-            .run(move || {
-                let _enter = runtime.enter();
-                rtnetlink::new_connection()
-            })?
-            .map_err(|source| TestbedError::Connect {
-                prefix: prefix.to_string(),
-                netns: netns.describe(),
-                source,
-            })?;
-        Ok(Self {
-            prefix: prefix.to_string(),
-            netns: netns.clone(),
-            handle,
-            task: tokio::spawn(connection),
-        })
-    }
-
-    fn fail(&self, step: String) -> impl FnOnce(rtnetlink::Error) -> TestbedError + '_ {
-        move |source| TestbedError::Rtnetlink {
-            prefix: self.prefix.clone(),
-            netns: self.netns.describe(),
-            step,
-            source,
-        }
-    }
-
-    async fn index(&self, name: &str) -> Result<u32, TestbedError> {
-        let link = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await
-            .map_err(self.fail(format!("look up {name}")))?;
-        link.map(|l| l.header.index)
-            .ok_or_else(|| TestbedError::NoSuchLink {
-                prefix: self.prefix.clone(),
-                netns: self.netns.describe(),
-                name: name.to_string(),
-            })
-    }
-
-    async fn veth(&self, name: &str, peer: &str, peer_netns: &Netns) -> Result<(), TestbedError> {
-        let Netns::Path(path) = peer_netns else {
-            unreachable!("testbed namespaces are always named");
-        };
-        let peer_ns = std::fs::File::open(path).map_err(|source| NetnsError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        let peer_msg = LinkUnspec::new_with_name(peer)
-            .setns_by_fd(peer_ns.as_raw_fd())
-            .build();
-        let msg = LinkVeth::new(name, peer)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(self.fail(format!("create veth {name}/{peer}")))?;
-        // The kernel has taken its own reference to the namespace by now.
-        drop(peer_ns);
-        Ok(())
-    }
-
-    async fn up(&self, name: &str) -> Result<(), TestbedError> {
-        let index = self.index(name).await?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(self.fail(format!("set {name} up")))
-    }
-
-    async fn address(&self, name: &str, addr: IpAddr, len: u8) -> Result<(), TestbedError> {
-        let index = self.index(name).await?;
-        self.handle
-            .address()
-            .add(index, addr, len)
-            .execute()
-            .await
-            .map_err(self.fail(format!("add {addr}/{len} to {name}")))
-    }
-
-    async fn route(&self, dst: Prefix, via: IpAddr) -> Result<(), TestbedError> {
-        let (IpAddr::V4(d), IpAddr::V4(g)) = (dst.addr, via) else {
-            unreachable!("the testbed is IPv4");
-        };
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(d, dst.len)
-            .gateway(g)
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(self.fail(format!("add route {dst} via {via}")))
     }
 }
 

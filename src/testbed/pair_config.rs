@@ -15,6 +15,10 @@ use crate::config::OnStop;
 use crate::tls::TlsFiles;
 
 use super::Testbed;
+use super::config_sections::{
+    GatewaySection, SimulatedLink, TunnelSection, duration_str, path_str, quoted, render_channel,
+    toml_list,
+};
 
 /// The receiver's peer-channel port (on its WAN address).
 pub const PEER_PORT: u16 = 9813;
@@ -261,11 +265,6 @@ pub(crate) fn saes_of(side: Side, kme: &KmeOptions) -> Vec<String> {
         .collect()
 }
 
-fn toml_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|i| quoted(i)).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
 /// The receiver's peer-channel address.
 pub(crate) fn receiver_addr(bed: &Testbed) -> SocketAddr {
     SocketAddr::new(bed.gw_b.wan, PEER_PORT)
@@ -278,19 +277,6 @@ pub(crate) fn eve_addr(bed: &Testbed, eve: &EveOptions) -> SocketAddr {
         Side::B => bed.gw_b.wan,
     };
     SocketAddr::new(ip, EVE_PORT)
-}
-
-/// A TOML basic string.
-fn quoted(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn path_str(p: &Path) -> String {
-    quoted(&p.to_string_lossy())
-}
-
-fn duration_str(d: Duration) -> String {
-    quoted(&format!("{}ms", d.as_millis()))
 }
 
 /// The TOML of `side`'s configuration.
@@ -309,21 +295,15 @@ pub(crate) fn render_config(
         t.push_str(&s);
         t.push('\n');
     };
-    line("[gateway]".into());
-    line(format!("name = {}", quoted(side.gateway_name())));
-    if side == Side::B {
-        line(format!(
-            "listen = {}",
-            quoted(&receiver_addr(bed).to_string())
-        ));
+    GatewaySection {
+        name: side.gateway_name(),
+        listen: (side == Side::B).then(|| receiver_addr(bed)),
+        state_dir: &files.state_dir,
+        status_socket: &files.status_socket,
+        pool_key: &files.pool_key,
+        on_stop: opts.on_stop,
     }
-    line(format!("state_dir = {}", path_str(&files.state_dir)));
-    line(format!(
-        "status_socket = {}",
-        path_str(&files.status_socket)
-    ));
-    line(format!("pool_key = {}", path_str(&files.pool_key)));
-    line(format!("on_stop = {}", quoted(opts.on_stop.name())));
+    .render(&mut line);
     if opts.kme.is_some() {
         line(format!("kme_listen = \"0.0.0.0:{KME_PORT}\""));
     }
@@ -349,46 +329,34 @@ pub(crate) fn render_config(
     if let Some(e) = &opts.etsi014 {
         render_etsi014(side, e, &mut line);
     } else {
-        render_simulated(side, opts, files, &mut line);
+        SimulatedLink {
+            length_km: opts.length_km,
+            pulse_rate_hz: opts.pulse_rate_hz,
+            block_sifted_bits: opts.block_sifted_bits,
+            // Only the transmitter exports: Eve attacks with its keys.
+            lab_export_fibre_keys: (side == Side::A && opts.eve.is_some())
+                .then_some(files.fibre_keys.as_path()),
+        }
+        .render(&mut line);
     }
-    line("[peer.channel]".into());
-    line("backoff_min = \"100ms\"".into());
-    line(format!("backoff_max = {}", duration_str(opts.backoff_max)));
-    line(String::new());
-    render_tunnel(side, opts, me, peer, &mut line);
+    render_channel(opts.backoff_max, &mut line);
+    TunnelSection {
+        name: TUNNEL_NAME,
+        peer: side.other().gateway_name(),
+        local_site: me.site,
+        remote_site: peer.site,
+        local_endpoint: me.wan,
+        remote_endpoint: peer.wan,
+        rekey_interval: opts.rekey_interval,
+        rekey_jitter: opts.rekey_jitter,
+        lifetime: &opts.lifetime,
+    }
+    .render(&mut line);
     t.push_str(&super::bulk_tunnels::render(side, opts, bed));
     if let Some(kme) = &opts.kme {
         t.push_str(&render_kme(side, kme, files));
     }
     t
-}
-
-fn render_simulated(
-    side: Side,
-    opts: &AgentPairOptions,
-    files: &GatewayFiles,
-    line: &mut impl FnMut(String),
-) {
-    // The link settings of deploy/gateway-a.toml: decoy-state BB84 with
-    // the GYS parameters (Ma et al., PRA 72, 012326 (2005)).
-    line("[peer.link]".into());
-    // Simulated optics: keys only as secret as the peer channel's keys.
-    line("kind = \"simulated\"".into());
-    if side == Side::A && opts.eve.is_some() {
-        line(format!(
-            "lab_export_fibre_keys = {}",
-            path_str(&files.fibre_keys)
-        ));
-    }
-    line(format!("length_km = {:?}", opts.length_km));
-    line("intensities = [0.6, 0.2, 0.0]".into());
-    line("probabilities = [0.4, 0.4, 0.2]".into());
-    line("p_z = 0.5".into());
-    line(format!("pulse_rate_hz = {:?}", opts.pulse_rate_hz));
-    line(String::new());
-    line("[peer.postprocessing]".into());
-    line(format!("block_sifted_bits = {}", opts.block_sifted_bits));
-    line(String::new());
 }
 
 fn render_etsi014(side: Side, e: &Etsi014Options, line: &mut impl FnMut(String)) {
@@ -433,51 +401,6 @@ fn render_kme(side: Side, kme: &KmeOptions, files: &GatewayFiles) -> String {
     t
 }
 
-fn render_tunnel(
-    side: Side,
-    opts: &AgentPairOptions,
-    me: &super::Gateway,
-    peer: &super::Gateway,
-    line: &mut impl FnMut(String),
-) {
-    line("[[tunnel]]".into());
-    line(format!("name = {}", quoted(TUNNEL_NAME)));
-    line(format!("peer = {}", quoted(side.other().gateway_name())));
-    line(format!(
-        "local_subnets = [{}]",
-        quoted(&me.site.to_string())
-    ));
-    line(format!(
-        "remote_subnets = [{}]",
-        quoted(&peer.site.to_string())
-    ));
-    line(format!("local_endpoint = {}", quoted(&me.wan.to_string())));
-    line(format!(
-        "remote_endpoint = {}",
-        quoted(&peer.wan.to_string())
-    ));
-    line("mode = \"tunnel\"".into());
-    line("keying = \"direct\"".into());
-    line(format!(
-        "rekey_interval = {}",
-        duration_str(opts.rekey_interval)
-    ));
-    line(format!("rekey_jitter = {:?}", opts.rekey_jitter));
-    line(String::new());
-    line("[tunnel.lifetime]".into());
-    let l = &opts.lifetime;
-    for (field, value) in [
-        ("soft_seconds", l.soft_seconds),
-        ("hard_seconds", l.hard_seconds),
-        ("soft_packets", l.soft_packets),
-        ("hard_packets", l.hard_packets),
-    ] {
-        if let Some(v) = value {
-            line(format!("{field} = {v}"));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,7 +440,7 @@ mod tests {
             ),
             host_a: host("ha", v4(10, 1, 0, 2)),
             host_b: host("hb", v4(10, 2, 0, 2)),
-            created: Vec::new(),
+            namespaces: crate::testbed::OwnedNamespaces::new("paper"),
         }
     }
 

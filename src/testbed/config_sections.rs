@@ -1,0 +1,158 @@
+//! TOML sections that both fixtures write — `[gateway]`, a simulated
+//! `[peer.link]` with its `[peer.postprocessing]`, `[peer.channel]`, a
+//! site-to-site `[[tunnel]]` — and the TOML value helpers they use. Each
+//! section is rendered from a small description, so that
+//! [`super::pair_config`] (two gateways) and [`super::network_config`]
+//! (a topology) emit the same text for the same settings.
+//!
+//! Owns only text; it knows no topology, writes no file and starts nothing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use super::pair_config::LifetimeOptions;
+use crate::config::OnStop;
+use crate::xfrm::Prefix;
+
+/// A TOML basic string.
+pub(super) fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+pub(super) fn path_str(p: &Path) -> String {
+    quoted(&p.to_string_lossy())
+}
+
+pub(super) fn duration_str(d: Duration) -> String {
+    quoted(&format!("{}ms", d.as_millis()))
+}
+
+pub(super) fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quoted(i)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// `[gateway]` without the optional services (`kme_listen` and the like,
+/// which the caller appends).
+pub(super) struct GatewaySection<'a> {
+    pub name: &'a str,
+    /// The peer-channel listening address, if this gateway accepts peers.
+    pub listen: Option<SocketAddr>,
+    pub state_dir: &'a Path,
+    pub status_socket: &'a Path,
+    pub pool_key: &'a Path,
+    pub on_stop: OnStop,
+}
+
+impl GatewaySection<'_> {
+    pub(super) fn render(&self, line: &mut impl FnMut(String)) {
+        line("[gateway]".into());
+        line(format!("name = {}", quoted(self.name)));
+        if let Some(listen) = self.listen {
+            line(format!("listen = {}", quoted(&listen.to_string())));
+        }
+        line(format!("state_dir = {}", path_str(self.state_dir)));
+        line(format!("status_socket = {}", path_str(self.status_socket)));
+        line(format!("pool_key = {}", path_str(self.pool_key)));
+        line(format!("on_stop = {}", quoted(self.on_stop.name())));
+    }
+}
+
+/// A simulated QKD link: `[peer.link]` and `[peer.postprocessing]`.
+pub(super) struct SimulatedLink<'a> {
+    pub length_km: f64,
+    pub pulse_rate_hz: f64,
+    pub block_sifted_bits: usize,
+    /// Where the transmitter exports its fibre keys for Eve, if she runs.
+    pub lab_export_fibre_keys: Option<&'a Path>,
+}
+
+impl SimulatedLink<'_> {
+    pub(super) fn render(&self, line: &mut impl FnMut(String)) {
+        // The link settings of deploy/gateway-a.toml: decoy-state BB84 with
+        // the GYS parameters (Ma et al., PRA 72, 012326 (2005)).
+        line("[peer.link]".into());
+        // Simulated optics: keys only as secret as the peer channel's keys.
+        line("kind = \"simulated\"".into());
+        if let Some(path) = self.lab_export_fibre_keys {
+            line(format!("lab_export_fibre_keys = {}", path_str(path)));
+        }
+        line(format!("length_km = {:?}", self.length_km));
+        line("intensities = [0.6, 0.2, 0.0]".into());
+        line("probabilities = [0.4, 0.4, 0.2]".into());
+        line("p_z = 0.5".into());
+        line(format!("pulse_rate_hz = {:?}", self.pulse_rate_hz));
+        line(String::new());
+        line("[peer.postprocessing]".into());
+        line(format!("block_sifted_bits = {}", self.block_sifted_bits));
+        line(String::new());
+    }
+}
+
+/// `[peer.channel]`: a short reconnect backoff, so that a restarted agent
+/// is redialled within seconds.
+pub(super) fn render_channel(backoff_max: Duration, line: &mut impl FnMut(String)) {
+    line("[peer.channel]".into());
+    line("backoff_min = \"100ms\"".into());
+    line(format!("backoff_max = {}", duration_str(backoff_max)));
+    line(String::new());
+}
+
+/// A `[[tunnel]]` between two sites, keyed directly from `peer`'s pool,
+/// with its `[tunnel.lifetime]`.
+pub(super) struct TunnelSection<'a> {
+    pub name: &'a str,
+    pub peer: &'a str,
+    pub local_site: Prefix,
+    pub remote_site: Prefix,
+    pub local_endpoint: IpAddr,
+    pub remote_endpoint: IpAddr,
+    pub rekey_interval: Duration,
+    pub rekey_jitter: f64,
+    pub lifetime: &'a LifetimeOptions,
+}
+
+impl TunnelSection<'_> {
+    pub(super) fn render(&self, line: &mut impl FnMut(String)) {
+        line("[[tunnel]]".into());
+        line(format!("name = {}", quoted(self.name)));
+        line(format!("peer = {}", quoted(self.peer)));
+        line(format!(
+            "local_subnets = [{}]",
+            quoted(&self.local_site.to_string())
+        ));
+        line(format!(
+            "remote_subnets = [{}]",
+            quoted(&self.remote_site.to_string())
+        ));
+        line(format!(
+            "local_endpoint = {}",
+            quoted(&self.local_endpoint.to_string())
+        ));
+        line(format!(
+            "remote_endpoint = {}",
+            quoted(&self.remote_endpoint.to_string())
+        ));
+        line("mode = \"tunnel\"".into());
+        line("keying = \"direct\"".into());
+        line(format!(
+            "rekey_interval = {}",
+            duration_str(self.rekey_interval)
+        ));
+        line(format!("rekey_jitter = {:?}", self.rekey_jitter));
+        line(String::new());
+        line("[tunnel.lifetime]".into());
+        let l = self.lifetime;
+        for (field, value) in [
+            ("soft_seconds", l.soft_seconds),
+            ("hard_seconds", l.hard_seconds),
+            ("soft_packets", l.soft_packets),
+            ("hard_packets", l.hard_packets),
+        ] {
+            if let Some(v) = value {
+                line(format!("{field} = {v}"));
+            }
+        }
+    }
+}
