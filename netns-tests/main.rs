@@ -33,6 +33,7 @@ mod lifetime;
 mod no_esp;
 mod ownership;
 mod pcap;
+mod relay_chain;
 mod rekey;
 mod simulated_link_sealed;
 mod support;

@@ -107,9 +107,9 @@ impl AgentNetwork {
     fn write_config(&self, node: Node) -> Result<(), AgentNetworkError> {
         let f = self.files(node);
         let text = render_node_config(node, &self.opts, f);
-        // TODO(relay): check with Config::parse once the agent knows
-        // `[network]` and `kind = "relayed"`; until then, the syntax only.
-        if let Err(e) = text.parse::<toml::Table>() {
+        // The agent's own checks, so a bad rendering fails here with the
+        // findings rather than as an agent that exits at start.
+        if let Err(e) = crate::config::Config::parse(&text, &f.config) {
             return Err(AgentNetworkError::Config(format!("{node}: {e}")));
         }
         Ok(write_private(&f.config, text.as_bytes())?)

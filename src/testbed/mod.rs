@@ -49,7 +49,7 @@ pub use network::{
     Topology,
 };
 pub use network_config::{
-    NetworkOptions, NodeFiles, RELAY_KEY_SIZE_BITS, RELAY_RETRY_MAX, RelayMode,
+    NetworkOptions, NodeFiles, RELAY_RETRY_MAX,
     network_tunnel_name, render_node_config,
 };
 pub use pair_config::{

@@ -23,32 +23,10 @@ use super::config_sections::{
 };
 use super::network::{Channel, ChannelKind, Node, Topology};
 use super::pair_config::{AgentPairOptions, LifetimeOptions, PEER_PORT};
-use crate::config::OnStop;
+use crate::config::{OnStop, RelayMode};
 
-/// Size of each relayed key, in bits.
-pub const RELAY_KEY_SIZE_BITS: u32 = 256;
-/// The longest wait between attempts to fetch relayed keys.
+/// The longest wait between attempts to relay keys.
 pub const RELAY_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// How the ends' relayed keys travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayMode {
-    /// Along one path of trusted relays.
-    Single,
-    /// Split over node-disjoint paths (XORed at the far end), so that no
-    /// single relay learns the key.
-    Multipath,
-}
-
-impl RelayMode {
-    /// The value in `[peer.relay] mode`.
-    pub fn name(self) -> &'static str {
-        match self {
-            RelayMode::Single => "single",
-            RelayMode::Multipath => "multipath",
-        }
-    }
-}
 
 /// What an [`super::AgentNetwork`] sets up.
 #[derive(Debug, Clone)]
@@ -62,8 +40,11 @@ pub struct NetworkOptions {
     pub relay_mode: RelayMode,
     /// `[peer.relay] fallback`.
     pub fallback: bool,
-    /// `[peer.relay] batch`: keys asked for at a time.
-    pub relay_batch: u32,
+    /// `[peer.relay] key_bytes`: bytes of each relayed key (one pool block).
+    pub relay_key_bytes: u32,
+    /// `[peer.relay] wait`: how long the destination waits for a key's
+    /// shares.
+    pub relay_wait: Duration,
     /// `[peer.relay] pool_target_bytes`.
     pub relay_pool_target_bytes: u64,
     /// Whether the end gateways also forward relayed keys (`[network]
@@ -92,8 +73,8 @@ pub struct NetworkOptions {
 
 impl NetworkOptions {
     /// The pair's defaults ([`AgentPairOptions::new`]) for everything the
-    /// two fixtures share; single-path relaying without fallback, batches
-    /// of 8 keys, a 4 KiB relayed pool, ends that do not relay.
+    /// two fixtures share; single-path relaying without fallback, keys of
+    /// 256 bytes, a 4 KiB relayed pool, ends that do not relay.
     pub fn new(tag: &str, binary: impl Into<PathBuf>, topology: Topology) -> Self {
         let pair = AgentPairOptions::new(tag, binary);
         Self {
@@ -102,7 +83,8 @@ impl NetworkOptions {
             topology,
             relay_mode: RelayMode::Single,
             fallback: false,
-            relay_batch: 8,
+            relay_key_bytes: 256,
+            relay_wait: Duration::from_secs(10),
             relay_pool_target_bytes: 4096,
             relay_at_ends: false,
             length_km: pair.length_km,
@@ -258,8 +240,8 @@ fn render_relay(opts: &NetworkOptions, line: &mut impl FnMut(String)) {
     line("[peer.relay]".into());
     line(format!("mode = {}", quoted(opts.relay_mode.name())));
     line(format!("fallback = {}", opts.fallback));
-    line(format!("key_size = {RELAY_KEY_SIZE_BITS}"));
-    line(format!("batch = {}", opts.relay_batch));
+    line(format!("key_bytes = {}", opts.relay_key_bytes));
+    line(format!("wait = {}", duration_str(opts.relay_wait)));
     line(format!(
         "pool_target_bytes = {}",
         opts.relay_pool_target_bytes
@@ -299,7 +281,14 @@ mod tests {
             .nodes()
             .iter()
             .map(|&node| {
-                let text = render_node_config(node, opts, &NodeFiles::under(root, node));
+                let files = NodeFiles::under(root, node);
+                let text = render_node_config(node, opts, &files);
+                // The agent's own checks accept it (paths are not opened).
+                let config = crate::config::Config::parse(&text, &files.config)
+                    .unwrap_or_else(|e| panic!("{node}: {e}\n{text}"));
+                for p in config.peers.iter().filter_map(|p| p.relay.as_ref()) {
+                    assert!(!p.paths.is_empty(), "{node}: a relayed peer without a path");
+                }
                 let table: Table = text
                     .parse()
                     .unwrap_or_else(|e| panic!("{node}: {e}\n{text}"));
@@ -437,7 +426,7 @@ mod tests {
         let mut opts = NetworkOptions::new("t", "/bin/true", Topology::Diamond);
         opts.relay_mode = RelayMode::Multipath;
         opts.fallback = true;
-        opts.relay_batch = 3;
+        opts.relay_key_bytes = 96;
         opts.relay_pool_target_bytes = 1234;
         opts.relay_at_ends = true;
         opts.lifetime.hard_packets = Some(10_000);
@@ -450,9 +439,9 @@ mod tests {
         let relay = relayed["relay"].as_table().expect("[peer.relay]");
         assert_eq!(str_at(relay, "mode"), "multipath");
         assert_eq!(relay["fallback"].as_bool(), Some(true));
-        assert_eq!(relay["batch"].as_integer(), Some(3));
+        assert_eq!(relay["key_bytes"].as_integer(), Some(96));
+        assert_eq!(str_at(relay, "wait"), "10000ms");
         assert_eq!(relay["pool_target_bytes"].as_integer(), Some(1234));
-        assert_eq!(relay["key_size"].as_integer(), Some(256));
         assert_eq!(str_at(relay, "retry_max"), "5000ms");
         assert_eq!(
             str_at(relayed["channel"].as_table().unwrap(), "backoff_max"),

@@ -1,0 +1,208 @@
+//! Keys relayed over a chain gw-a – gw-b – gw-c, where gw-a and gw-c have
+//! no QKD link: three real agents, two simulated QKD links, and an ESP
+//! tunnel between the sites behind gw-a and gw-c keyed from relayed keys.
+//!
+//! Shown: pings between the sites through at least five rekeys with no
+//! loss; the kernels of gw-a and gw-c hold the same key for every SA; on
+//! each gateway's WAN nothing but ESP and the peer channels arrives (the
+//! sites' clear traffic is counted and must be zero); each hop's pool use
+//! for relaying matches byte for byte on its two ends and equals the
+//! shares the relay counted times (share + tag key); gw-b relayed every
+//! share it received and holds none for itself.
+
+use std::time::Duration;
+
+use qkd_ipsec::ops::BoardSnapshot;
+use qkd_ipsec::relay::pad_len;
+use qkd_ipsec::testbed::{AgentNetwork, NetworkOptions, Node, PEER_PORT, Topology};
+
+use crate::agent_support::{BIN, kernel_sas, tunnel};
+use crate::support::*;
+
+/// A rekey every few seconds, so five fit in well under a minute.
+const REKEY: Duration = Duration::from_secs(6);
+/// Rekeys the traffic must cross.
+const REKEYS: u64 = 5;
+/// Bytes of each relayed key.
+const KEY_BYTES: u32 = 128;
+
+/// ESP, decapsulated ESP and the peer channels are accepted on a
+/// gateway's WAN; clear packets between the sites are counted and dropped,
+/// anything else too.
+fn wan_filter() -> String {
+    format!(
+        r#"
+table inet qkdrelay {{
+  counter clear_sites {{}}
+  counter esp_in {{}}
+  chain wan_in {{
+    type filter hook prerouting priority raw; policy accept;
+    iifname "wan" meta ipsec exists accept
+    iifname "wan" ip protocol esp counter name "esp_in" accept
+    iifname "wan" tcp dport {PEER_PORT} accept
+    iifname "wan" tcp sport {PEER_PORT} accept
+    iifname "wan" ip saddr {{ 10.1.0.0/24, 10.3.0.0/24 }} counter name "clear_sites" drop
+  }}
+}}
+"#
+    )
+}
+
+/// Pool bytes consumed for `key_use` on `node`'s link to `peer`.
+fn used(s: &BoardSnapshot, peer: &str, key_use: &str) -> u64 {
+    let p = s
+        .peers
+        .iter()
+        .find(|p| p.name == peer)
+        .unwrap_or_else(|| panic!("{} has no peer {peer}", s.gateway));
+    p.pool.as_ref().map_or(0, |pool| {
+        pool.consumed
+            .iter()
+            .filter(|u| u.key_use == key_use)
+            .map(|u| u.bytes)
+            .sum()
+    })
+}
+
+fn relay_link<'a>(s: &'a BoardSnapshot, link: &str) -> &'a qkd_ipsec::ops::RelayLinkSnapshot {
+    s.relay
+        .iter()
+        .find(|r| r.link == link)
+        .unwrap_or_else(|| panic!("{} counted no relay on the link to {link}", s.gateway))
+}
+
+/// The tunnel at `node` carries traffic at generation ≥ `min`.
+fn keyed(s: &BoardSnapshot, min: u64) -> bool {
+    s.tunnels
+        .first()
+        .is_some_and(|t| t.state.carries_traffic() && t.generation >= min)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_chain() {
+    let mut opts = NetworkOptions::new("relay", BIN, Topology::Chain);
+    opts.rekey_interval = REKEY;
+    opts.relay_key_bytes = KEY_BYTES;
+    opts.relay_pool_target_bytes = 1024;
+    let net = AgentNetwork::start(opts)
+        .await
+        .unwrap_or_else(|e| panic!("starting the chain: {e}"));
+    for node in [Node::A, Node::B, Node::C] {
+        nft_apply(net.netns_name(node), &wan_filter()).await;
+    }
+
+    // The first generation needs both QKD links' first blocks and a relay.
+    let limit = Duration::from_secs(600);
+    let a = net
+        .wait_status(Node::A, limit, "gw-a's tunnel to gw-c keyed", |s| keyed(s, 1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = tunnel(&a).generation;
+    net.wait_status(Node::C, Duration::from_secs(60), "gw-c's tunnel keyed", |s| {
+        keyed(s, 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Traffic through REKEYS rekeys: one ping every 0.2 s for long enough.
+    let host_a = net.network().gateway(Node::A).site.clone().expect("site a");
+    let host_c = net.network().gateway(Node::C).site.clone().expect("site c");
+    let seconds = REKEY.as_secs() * (REKEYS + 2);
+    let pings = spawn_ping(
+        &host_a.host.name,
+        &host_c.host.addr.to_string(),
+        seconds * 5,
+        "0.2",
+    );
+    let a = net
+        .wait_status(
+            Node::A,
+            Duration::from_secs(seconds * 4),
+            "five rekeys of the relayed tunnel",
+            |s| keyed(s, first + REKEYS),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", net.log_tail(Node::A, 40)));
+    let out = within(
+        Duration::from_secs(seconds * 3),
+        "the pings to end",
+        pings.wait_with_output(),
+    )
+    .await
+    .expect("ping");
+    let stats = parse_ping(&String::from_utf8_lossy(&out.stdout)).expect("ping summary");
+    assert!(stats.transmitted >= seconds * 4, "{stats:?}");
+    assert_eq!(
+        stats.received, stats.transmitted,
+        "packets lost through relayed-key rekeys (generation {} → {})",
+        first,
+        tunnel(&a).generation
+    );
+
+    // The same key for every SA in both kernels (ESP between gw-a and
+    // gw-c, keyed from relayed keys), at least two SAs.
+    let sas_a = kernel_sas(net.netns_name(Node::A)).await;
+    let sas_c = kernel_sas(net.netns_name(Node::C)).await;
+    let mut compared = 0;
+    for sa in sas_a.iter().filter(|s| s.key.is_some()) {
+        if let Some(twin) = sas_c.iter().find(|c| c.id() == sa.id() && c.key.is_some()) {
+            assert!(
+                sa.key.as_ref().unwrap().ct_eq(twin.key.as_ref().unwrap()),
+                "SA {:?} has different keys on gw-a and gw-c",
+                sa.id()
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 2, "only {compared} SAs held on both ends");
+
+    // Nothing in clear between the sites on any WAN; ESP did arrive.
+    for node in [Node::A, Node::B, Node::C] {
+        assert_eq!(
+            nft_counter(net.netns_name(node), "clear_sites").await,
+            0,
+            "clear site traffic on {node}'s WAN"
+        );
+    }
+    assert!(nft_counter(net.netns_name(Node::C), "esp_in").await > 0);
+
+    // Pad accounting: every hop's relay bytes match on both ends, and
+    // equal the shares sent times (share + tag key).
+    let (a, b, c) = (
+        net.status(Node::A).unwrap(),
+        net.status(Node::B).unwrap(),
+        net.status(Node::C).unwrap(),
+    );
+    let per_share = u64::from(pad_len(KEY_BYTES));
+    let a_sent = relay_link(&a, "gw-b");
+    let b_from_a = relay_link(&b, "gw-a");
+    let b_to_c = relay_link(&b, "gw-c");
+    let c_from_b = relay_link(&c, "gw-b");
+    assert!(a_sent.sent_shares_total >= 2, "{a_sent:?}");
+    assert_eq!(used(&a, "gw-b", "relay"), a_sent.sent_shares_total * per_share);
+    assert_eq!(used(&a, "gw-b", "relay"), used(&b, "gw-a", "relay"), "hop gw-a–gw-b");
+    assert_eq!(used(&b, "gw-c", "relay"), used(&c, "gw-b", "relay"), "hop gw-b–gw-c");
+    assert_eq!(used(&b, "gw-c", "relay"), b_to_c.sent_shares_total * per_share);
+    assert_eq!(b_from_a.received_shares_total, a_sent.sent_shares_total);
+    assert_eq!(b_from_a.forwarded_shares_total, b_from_a.received_shares_total);
+    assert_eq!((b_from_a.delivered_shares_total, b_from_a.refused_shares_total), (0, 0));
+    assert_eq!(c_from_b.received_shares_total, b_to_c.sent_shares_total);
+    assert_eq!(c_from_b.delivered_shares_total, c_from_b.received_shares_total);
+    // The relayed link's pool: what gw-a relayed, gw-c holds.
+    let fetched = |s: &BoardSnapshot| {
+        s.peers
+            .iter()
+            .find(|p| p.name == if s.gateway == "gw-a" { "gw-c" } else { "gw-a" })
+            .and_then(|p| p.key_source.as_ref())
+            .map(|k| k.bytes_fetched)
+            .unwrap_or(0)
+    };
+    assert!(fetched(&a) >= u64::from(KEY_BYTES), "gw-a appended no relayed key");
+    assert!(
+        fetched(&c) + u64::from(KEY_BYTES) >= fetched(&a),
+        "gw-c appended {} relayed bytes, gw-a {}",
+        fetched(&c),
+        fetched(&a)
+    );
+    net.teardown().unwrap_or_else(|e| panic!("teardown: {e}"));
+}
