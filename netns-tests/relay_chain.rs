@@ -19,8 +19,8 @@ use qkd_ipsec::testbed::{AgentNetwork, NetworkOptions, Node, PEER_PORT, Topology
 use crate::agent_support::{BIN, kernel_sas, tunnel};
 use crate::support::*;
 
-/// A rekey every few seconds, so five fit in well under a minute.
-const REKEY: Duration = Duration::from_secs(6);
+/// A rekey every few seconds, so five fit in about a minute.
+const REKEY: Duration = Duration::from_secs(8);
 /// Rekeys the traffic must cross.
 const REKEYS: u64 = 5;
 /// Bytes of each relayed key.
@@ -83,7 +83,7 @@ async fn relay_chain() {
     let mut opts = NetworkOptions::new("relay", BIN, Topology::Chain);
     opts.rekey_interval = REKEY;
     opts.relay_key_bytes = KEY_BYTES;
-    opts.relay_pool_target_bytes = 1024;
+    opts.relay_pool_target_bytes = 2048;
     let net = AgentNetwork::start(opts)
         .await
         .unwrap_or_else(|e| panic!("starting the chain: {e}"));
@@ -93,16 +93,33 @@ async fn relay_chain() {
 
     // The first generation needs both QKD links' first blocks and a relay.
     let limit = Duration::from_secs(600);
-    let a = net
-        .wait_status(Node::A, limit, "gw-a's tunnel to gw-c keyed", |s| keyed(s, 1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let first = tunnel(&a).generation;
-    net.wait_status(Node::C, Duration::from_secs(60), "gw-c's tunnel keyed", |s| {
+    net.wait_status(Node::A, limit, "gw-a's tunnel to gw-c keyed", |s| {
         keyed(s, 1)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    net.wait_status(
+        Node::C,
+        Duration::from_secs(60),
+        "gw-c's tunnel keyed",
+        |s| keyed(s, 1),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The emulated QKD links make key slowly: let the relayed pool fill
+    // enough for the rekeys below (72 bytes each) before the traffic, so
+    // that the test shows relaying, not an empty pool failing closed.
+    net.wait_status(Node::A, limit, "gw-a's relayed pool to fill", |s| {
+        s.peers.iter().any(|p| {
+            p.name == "gw-c"
+                && p.pool
+                    .as_ref()
+                    .is_some_and(|pool| pool.available_bytes >= 1536)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", net.log_tail(Node::A, 40)));
+    let first = net.status(Node::A).map(|s| tunnel(&s).generation).unwrap();
 
     // Traffic through REKEYS rekeys: one ping every 0.2 s for long enough.
     let host_a = net.network().gateway(Node::A).site.clone().expect("site a");
@@ -133,7 +150,8 @@ async fn relay_chain() {
     let stats = parse_ping(&String::from_utf8_lossy(&out.stdout)).expect("ping summary");
     assert!(stats.transmitted >= seconds * 4, "{stats:?}");
     assert_eq!(
-        stats.received, stats.transmitted,
+        stats.received,
+        stats.transmitted,
         "packets lost through relayed-key rekeys (generation {} → {})",
         first,
         tunnel(&a).generation
@@ -179,15 +197,41 @@ async fn relay_chain() {
     let b_to_c = relay_link(&b, "gw-c");
     let c_from_b = relay_link(&c, "gw-b");
     assert!(a_sent.sent_shares_total >= 2, "{a_sent:?}");
-    assert_eq!(used(&a, "gw-b", "relay"), a_sent.sent_shares_total * per_share);
-    assert_eq!(used(&a, "gw-b", "relay"), used(&b, "gw-a", "relay"), "hop gw-a–gw-b");
-    assert_eq!(used(&b, "gw-c", "relay"), used(&c, "gw-b", "relay"), "hop gw-b–gw-c");
-    assert_eq!(used(&b, "gw-c", "relay"), b_to_c.sent_shares_total * per_share);
+    assert_eq!(
+        used(&a, "gw-b", "relay"),
+        a_sent.sent_shares_total * per_share
+    );
+    assert_eq!(
+        used(&a, "gw-b", "relay"),
+        used(&b, "gw-a", "relay"),
+        "hop gw-a–gw-b"
+    );
+    assert_eq!(
+        used(&b, "gw-c", "relay"),
+        used(&c, "gw-b", "relay"),
+        "hop gw-b–gw-c"
+    );
+    assert_eq!(
+        used(&b, "gw-c", "relay"),
+        b_to_c.sent_shares_total * per_share
+    );
     assert_eq!(b_from_a.received_shares_total, a_sent.sent_shares_total);
-    assert_eq!(b_from_a.forwarded_shares_total, b_from_a.received_shares_total);
-    assert_eq!((b_from_a.delivered_shares_total, b_from_a.refused_shares_total), (0, 0));
+    assert_eq!(
+        b_from_a.forwarded_shares_total,
+        b_from_a.received_shares_total
+    );
+    assert_eq!(
+        (
+            b_from_a.delivered_shares_total,
+            b_from_a.refused_shares_total
+        ),
+        (0, 0)
+    );
     assert_eq!(c_from_b.received_shares_total, b_to_c.sent_shares_total);
-    assert_eq!(c_from_b.delivered_shares_total, c_from_b.received_shares_total);
+    assert_eq!(
+        c_from_b.delivered_shares_total,
+        c_from_b.received_shares_total
+    );
     // The relayed link's pool: what gw-a relayed, gw-c holds.
     let fetched = |s: &BoardSnapshot| {
         s.peers
@@ -197,7 +241,10 @@ async fn relay_chain() {
             .map(|k| k.bytes_fetched)
             .unwrap_or(0)
     };
-    assert!(fetched(&a) >= u64::from(KEY_BYTES), "gw-a appended no relayed key");
+    assert!(
+        fetched(&a) >= u64::from(KEY_BYTES),
+        "gw-a appended no relayed key"
+    );
     assert!(
         fetched(&c) + u64::from(KEY_BYTES) >= fetched(&a),
         "gw-c appended {} relayed bytes, gw-a {}",

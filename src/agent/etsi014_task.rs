@@ -165,8 +165,15 @@ impl Etsi014Task {
         };
         match master.acked(Instant::now(), ack) {
             Ok((block, bytes)) => self.append(block, bytes, fetch_began).await.map(drop),
+            Err(SourceError::UnexpectedAck(block)) if !ack.accepted => {
+                // The peer refused a block this side already dropped (a
+                // relay refused its key, or the ack came too late): both
+                // sides are without it.
+                tracing::debug!(peer = %self.peer, block = block.0, "refusal of a block already dropped");
+                Ok(())
+            }
             Err(SourceError::UnexpectedAck(block)) => {
-                tracing::warn!(peer = %self.peer, block = block.0, "acknowledgement of a block not pending (late or duplicate); ignored");
+                tracing::warn!(peer = %self.peer, block = block.0, "acknowledgement of a block not pending (late or duplicate); ignored: the peer holds a block this side does not, which the next pool agreement drops");
                 Ok(())
             }
             Err(e) => {

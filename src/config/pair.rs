@@ -87,6 +87,8 @@ pub fn check_pair(a: &Config, b: &Config, creds: PairCredentials<'_>) -> Vec<Pai
     let (pa, pb) = (&a.peers[ia], &b.peers[ib]);
     check_link(&mut r, ia, pa, ib, pb);
     check_etsi014(&mut r, ia, pa, pb);
+    check_relay(&mut r, ia, pa, pb);
+    check_network(&mut r);
     check_dialing(&mut r, ia, pa, pb);
     check_dialing_reverse(&mut r, ib, pb, pa);
     if a.gateway.ownership.spis != b.gateway.ownership.spis {
@@ -122,6 +124,59 @@ fn check_link(r: &mut Report<'_>, ia: usize, pa: &Peer, ib: usize, pb: &Peer) {
                 r.b.file.display()
             ));
         }
+    }
+}
+
+/// A relayed link's two ends relay keys of one size in one mode (the
+/// destination refuses other sizes).
+fn check_relay(r: &mut Report<'_>, ia: usize, pa: &Peer, pb: &Peer) {
+    let (Some(a), Some(b)) = (&pa.relay, &pb.relay) else {
+        return;
+    };
+    let other = r.b.file.display().to_string();
+    if a.key_bytes != b.key_bytes {
+        r.on(
+            false,
+            format!("peer[{ia}].relay.key_bytes"),
+            format!(
+                "{} here but {} in {other}; configure both ends alike",
+                a.key_bytes, b.key_bytes
+            ),
+        );
+    }
+    if a.mode != b.mode {
+        r.on(
+            false,
+            format!("peer[{ia}].relay.mode"),
+            format!(
+                "{} here but {} in {other}; configure both ends alike",
+                a.mode.name(),
+                b.mode.name()
+            ),
+        );
+    }
+}
+
+/// `[network]` lists the same QKD links in every gateway's file.
+fn check_network(r: &mut Report<'_>) {
+    let (Some(a), Some(b)) = (&r.a.network, &r.b.network) else {
+        return;
+    };
+    if a.links() != b.links() {
+        let show = |n: &super::Network| {
+            n.links()
+                .iter()
+                .map(|(x, y)| format!("{x}–{y}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let message = format!(
+            "lists {} here but {} in {}; [network] must be the same on every gateway",
+            show(a),
+            show(b),
+            r.b.file.display()
+        );
+        r.on(false, "network.links", message);
     }
 }
 

@@ -253,6 +253,15 @@ impl Network {
         net
     }
 
+    /// Every link once, as (smaller name, larger name), sorted.
+    pub fn links(&self) -> Vec<(&str, &str)> {
+        self.adjacent
+            .iter()
+            .flat_map(|(a, ns)| ns.iter().map(move |b| (a.as_str(), b.as_str())))
+            .filter(|(a, b)| a < b)
+            .collect()
+    }
+
     pub fn has_link(&self, a: &str, b: &str) -> bool {
         self.adjacent.get(a).is_some_and(|n| n.contains(b))
     }

@@ -610,3 +610,54 @@ fn etsi014_deploy_examples_parse_and_agree() {
     assert_eq!(check_pair(&a, &b, PairCredentials::default()), vec![]);
     assert_eq!(check_pair(&b, &a, PairCredentials::default()), vec![]);
 }
+
+#[test]
+fn relay_deploy_examples_parse_and_find_their_paths() {
+    let dir = TestDir::new("config-deploy-relay");
+    let parse = |text: &str, name: &str| {
+        Config::parse(text, &dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let a = parse(include_str!("../../deploy/relay/gw-a.toml"), "gw-a.toml");
+    let b = parse(include_str!("../../deploy/relay/gw-b.toml"), "gw-b.toml");
+    let c = parse(include_str!("../../deploy/relay/gw-c.toml"), "gw-c.toml");
+    for cfg in [&a, &b, &c] {
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let links = |c: &Config| c.network.as_ref().unwrap().links().len();
+        assert_eq!(
+            cfg.network.as_ref().unwrap().links(),
+            a.network.as_ref().unwrap().links(),
+            "the same [network] links everywhere"
+        );
+        assert_eq!(links(cfg), 2);
+    }
+    let path = |cfg: &Config, peer: &str| {
+        cfg.peer(peer)
+            .unwrap()
+            .relay
+            .as_ref()
+            .unwrap()
+            .paths
+            .clone()
+    };
+    assert_eq!(path(&a, "gw-c"), vec![vec!["gw-a", "gw-b", "gw-c"]]);
+    assert_eq!(path(&c, "gw-a"), vec![vec!["gw-c", "gw-b", "gw-a"]]);
+    assert!(b.network.as_ref().unwrap().relay && b.peers.iter().all(|p| p.relay.is_none()));
+    for (x, y) in [(&a, &b), (&b, &c), (&a, &c), (&c, &a)] {
+        assert_eq!(check_pair(x, y, PairCredentials::default()), vec![]);
+    }
+    // A gateway whose [network] differs is named.
+    let other = parse(
+        &include_str!("../../deploy/relay/gw-c.toml").replace(
+            r#"links = [["gw-a", "gw-b"], ["gw-b", "gw-c"]]"#,
+            r#"links = [["gw-a", "gw-b"], ["gw-b", "gw-c"], ["gw-a", "gw-d"]]"#,
+        ),
+        "gw-c2.toml",
+    );
+    let found = check_pair(&a, &other, PairCredentials::default());
+    assert!(
+        found
+            .iter()
+            .any(|f| f.finding.path == "network.links" && f.finding.message.contains("gw-a–gw-d")),
+        "{found:?}"
+    );
+}

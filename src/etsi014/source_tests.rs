@@ -178,7 +178,10 @@ fn failures_back_off_exponentially_up_to_retry_max_and_success_resets() {
             code: 503,
             message: "no key".into(),
         };
-        assert!(m.fetched(now, Err(err.into()), BlockId(1), &mut seen).is_err());
+        assert!(
+            m.fetched(now, Err(err.into()), BlockId(1), &mut seen)
+                .is_err()
+        );
         let MasterAction::Wait(Some(until)) = m.poll(now, true, 0) else {
             panic!("must wait after a failure");
         };

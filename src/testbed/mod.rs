@@ -49,8 +49,7 @@ pub use network::{
     Topology,
 };
 pub use network_config::{
-    NetworkOptions, NodeFiles, RELAY_RETRY_MAX,
-    network_tunnel_name, render_node_config,
+    NetworkOptions, NodeFiles, RELAY_RETRY_MAX, network_tunnel_name, render_node_config,
 };
 pub use pair_config::{
     AgentPairOptions, EVE_PORT, Etsi014Options, EveOptions, GatewayFiles, KME_PORT, KmeOptions,
