@@ -32,7 +32,7 @@ const KEY_BYTES: u32 = 128;
 fn wan_filter() -> String {
     format!(
         r#"
-table inet qkdrelay {{
+table inet qkdtest {{
   counter clear_sites {{}}
   counter esp_in {{}}
   chain wan_in {{

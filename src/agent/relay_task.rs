@@ -29,6 +29,7 @@ use crate::keys::{BlockId, KeyUse, PersistedPool};
 use crate::ops::{RelayEvent, StatusBoard};
 use crate::peer::{PeerHandle, Stream};
 use crate::rekey::KeySource;
+use crate::relay::export::ShareExport;
 use crate::relay::{Filed, HopError, Inbox, RelayHeader, RelayHop, RelayRefusal, pad_len};
 use crate::secret::SecretBytes;
 
@@ -62,12 +63,24 @@ pub struct RelayRouter {
     /// Refusals for keys this gateway is the source of, by destination.
     refusals: Mutex<HashMap<String, mpsc::Sender<RelayRefusal>>>,
     board: StatusBoard,
+    /// LAB ONLY: every opened share is written here.
+    export: Option<ShareExport>,
 }
 
 impl RelayRouter {
     /// `hold`: how long a relayed key waits for its offer here.
-    pub fn new(me: &str, relays: bool, hold: Duration, board: StatusBoard) -> Arc<Self> {
+    pub fn new(
+        me: &str,
+        relays: bool,
+        hold: Duration,
+        board: StatusBoard,
+        export: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
+        if let Some(p) = &export {
+            tracing::warn!(path = %p.display(), "LAB ONLY: lab_export_relay_shares is on: every relayed-key share this gateway opens is written to that file");
+        }
         Arc::new(Self {
+            export: export.map(ShareExport::new),
             me: me.to_string(),
             relays,
             links: OnceLock::new(),
@@ -162,6 +175,11 @@ impl RelayRouter {
         };
         self.board
             .relay_counted(from, RelayEvent::Received, u64::from(h.len));
+        if let Some(x) = &self.export
+            && let Err(e) = x.export(&h, &share)
+        {
+            tracing::warn!(error = %e, "could not export a relayed share (lab_export_relay_shares)");
+        }
         if h.last_hop() {
             let filed = lock(&self.inbox).file(Instant::now(), &h, share);
             match filed {

@@ -180,7 +180,11 @@ async fn serve(
         .max()
         .unwrap_or(RELAY_HOLD_DEFAULT);
     let relays = config.network.as_ref().is_some_and(|n| n.relay);
-    let router = RelayRouter::new(&gw.name, relays, hold, board.clone());
+    let export = config
+        .network
+        .as_ref()
+        .and_then(|n| n.lab_export_relay_shares.clone());
+    let router = RelayRouter::new(&gw.name, relays, hold, board.clone(), export);
     let mut peers = HashMap::new();
     for p in &config.peers {
         let parts = start_peer(

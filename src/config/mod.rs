@@ -365,7 +365,7 @@ impl ConfigFile {
             .collect();
         peer::check_peer_set(&peers, gateway_name.as_deref(), listen, f);
         let network = match &self.network {
-            Some(n) => n.validate(f).map(Some),
+            Some(n) => n.validate(base, f).map(Some),
             None => Some(None),
         };
         if let (Some(network), Some(me)) = (&network, &gateway_name) {

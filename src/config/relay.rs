@@ -16,12 +16,14 @@
 //! set of node-disjoint paths, so that no single relay sees the key.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::Findings;
 use super::etsi014::MAX_POOL_TARGET_BYTES;
+use super::gateway::anchor;
 use super::values::{HumanDuration, check_name};
 use crate::keys::pool::{MAX_BLOCK_BYTES, MAX_BLOCKS};
 use crate::relay::hop::{MAX_PATH_NODES, MAX_RELAYED_KEY_BYTES, MAX_SHARES};
@@ -195,6 +197,12 @@ pub struct NetworkSection {
     ///
     /// Example: `relay = true`
     pub relay: bool,
+    /// LAB ONLY. Append every relayed-key share this gateway opens to this
+    /// file (created 0600), to show what a relay learns. Whoever reads it
+    /// learns those shares (on a single path: the keys). Unset by default.
+    ///
+    /// Example: `lab_export_relay_shares = "/run/qkd-lab/relay-shares"`
+    pub lab_export_relay_shares: Option<PathBuf>,
 }
 
 /// `[network]`, checked: an undirected graph of QKD links.
@@ -203,14 +211,30 @@ pub struct Network {
     adjacent: BTreeMap<String, BTreeSet<String>>,
     /// This gateway forwards relayed keys.
     pub relay: bool,
+    /// Lab only: the share export file (anchored to the config file).
+    pub lab_export_relay_shares: Option<PathBuf>,
 }
 
 impl NetworkSection {
-    pub(super) fn validate(&self, f: &mut Findings) -> Option<Network> {
+    pub(super) fn validate(&self, base: &Path, f: &mut Findings) -> Option<Network> {
         let mut net = Network {
             relay: self.relay,
+            lab_export_relay_shares: self
+                .lab_export_relay_shares
+                .as_deref()
+                .map(|p| anchor(base, p)),
             ..Network::default()
         };
+        if let Some(p) = &net.lab_export_relay_shares {
+            f.warn(
+                "network.lab_export_relay_shares",
+                format!(
+                    "LAB ONLY: the agent writes every relayed-key share it opens to {}; whoever \
+                     reads it learns them (on a single path, the keys)",
+                    p.display()
+                ),
+            );
+        }
         let mut ok = true;
         for (i, pair) in self.links.iter().enumerate() {
             let path = format!("network.links[{i}]");

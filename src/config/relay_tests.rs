@@ -73,7 +73,10 @@ fn disjoint_paths_are_maximal_not_greedy() {
 
 fn findings(section: &NetworkSection) -> (Option<Network>, Findings) {
     let mut f = Findings::default();
-    (section.validate(&mut f), f)
+    (
+        section.validate(std::path::Path::new("/etc/qkd-ipsec"), &mut f),
+        f,
+    )
 }
 
 #[test]
@@ -86,7 +89,7 @@ fn network_section_refuses_bad_links() {
     ] {
         let (net, f) = findings(&NetworkSection {
             links: links.clone(),
-            relay: false,
+            ..NetworkSection::default()
         });
         assert!(net.is_none() && !f.errors.is_empty(), "{links:?}");
         assert_eq!(f.errors[0].path, "network.links[0]");
@@ -94,9 +97,17 @@ fn network_section_refuses_bad_links() {
     let (net, f) = findings(&NetworkSection {
         links: vec![p(&["gw-a", "gw-b"]), p(&["gw-b", "gw-a"])],
         relay: true,
+        lab_export_relay_shares: Some("shares".into()),
     });
-    assert!(net.unwrap().relay);
-    assert_eq!(f.warnings.len(), 1, "a link listed twice is a warning");
+    let net = net.unwrap();
+    assert!(net.relay);
+    assert_eq!(
+        net.lab_export_relay_shares.as_deref(),
+        Some(std::path::Path::new("/etc/qkd-ipsec/shares")),
+        "anchored to the config file"
+    );
+    assert!(f.warnings.iter().any(|w| w.message.contains("LAB ONLY")));
+    assert!(f.warnings.iter().any(|w| w.message.contains("listed twice")));
 }
 
 #[test]

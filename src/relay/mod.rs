@@ -35,6 +35,7 @@
 //! a message sent again after a crash always uses fresh pad, never the same
 //! bytes twice.
 
+pub mod export;
 pub mod hop;
 pub mod inbox;
 pub mod shares;

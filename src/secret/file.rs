@@ -122,6 +122,23 @@ pub fn open_private(path: &Path) -> Result<(File, u64), SecretFileError> {
     Ok((file, len))
 }
 
+/// Appends `bytes` to a secret file with one write (O_APPEND keeps lines
+/// from two writers whole) and syncs it: created 0600, an existing file
+/// others could read is refused. Blocking.
+pub fn append_private(path: &Path, bytes: &[u8]) -> Result<(), SecretFileError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path, "open for appending"))?;
+    check_private(path, &file)?;
+    file.write_all(bytes).map_err(io_err(path, "append to"))?;
+    file.sync_data().map_err(io_err(path, "fsync"))
+}
+
 /// Reads a whole secret file into locked, zeroised-on-drop memory, refusing
 /// files that others could read. No plain `Vec` ever holds the contents.
 pub fn load_secret_file(path: &Path) -> Result<SecretBytes, SecretFileError> {

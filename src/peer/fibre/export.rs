@@ -24,16 +24,13 @@
 //!
 //! [`MAX_SECRET_FILE_BYTES`]: crate::secret::file::MAX_SECRET_FILE_BYTES
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use super::FibreBase;
 use crate::peer::handshake::valid_name;
-use crate::secret::file::{SecretFileError, check_private, load_secret_file};
+use crate::secret::file::{SecretFileError, append_private, load_secret_file};
 use crate::secret::{Secret, SecretBytes};
 
 const TAG: &str = "fibre-base";
@@ -108,20 +105,6 @@ impl FibreKeyExport {
         epoch: u64,
         base: &FibreBase,
     ) -> Result<(), SecretFileError> {
-        let io = |op: &'static str| {
-            move |source| SecretFileError::Io {
-                path: self.path.clone(),
-                op,
-                source,
-            }
-        };
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&self.path)
-            .map_err(io("open for appending"))?;
-        check_private(&self.path, &file)?;
         let prefix = format!("{TAG} {dialer} {acceptor} {epoch} ");
         // The whole line in secret memory, written with one call: O_APPEND
         // keeps lines from two agents sharing a file whole.
@@ -133,8 +116,7 @@ impl FibreKeyExport {
             out[prefix.len() + 2 * i + 1] = HEX[(b & 15) as usize];
         }
         out[prefix.len() + 64] = b'\n';
-        file.write_all(line.expose()).map_err(io("append to"))?;
-        file.sync_data().map_err(io("fsync"))
+        append_private(&self.path, line.expose())
     }
 }
 
