@@ -35,6 +35,8 @@ mod ownership;
 mod pcap;
 mod rekey;
 mod relay_chain;
+mod relay_faults;
+mod relay_multipath;
 mod simulated_link_sealed;
 mod support;
 mod tls_psk;

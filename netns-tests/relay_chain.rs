@@ -8,7 +8,8 @@
 //! sites' clear traffic is counted and must be zero); each hop's pool use
 //! for relaying matches byte for byte on its two ends and equals the
 //! shares the relay counted times (share + tag key); gw-b relayed every
-//! share it received and holds none for itself.
+//! share it received and holds none for itself. Then, on the same agents,
+//! the relay is killed mid-relay (`relay_faults`).
 
 use std::time::Duration;
 
@@ -19,12 +20,15 @@ use qkd_ipsec::testbed::{AgentNetwork, NetworkOptions, Node, PEER_PORT, Topology
 use crate::agent_support::{BIN, kernel_sas, tunnel};
 use crate::support::*;
 
-/// A rekey every few seconds, so five fit in about a minute.
-const REKEY: Duration = Duration::from_secs(8);
+/// Five rekeys in under two minutes, slow enough that the emulated QKD
+/// links (about 1 KiB of key per block, a block every ~40 s per link in
+/// the VM) keep up: each rekey takes 72 bytes of relayed key, each relayed
+/// byte one pad byte per hop.
+const REKEY: Duration = Duration::from_secs(20);
 /// Rekeys the traffic must cross.
 const REKEYS: u64 = 5;
 /// Bytes of each relayed key.
-const KEY_BYTES: u32 = 128;
+const KEY_BYTES: u32 = 256;
 
 /// ESP, decapsulated ESP and the peer channels are accepted on a
 /// gateway's WAN; clear packets between the sites are counted and dropped,
@@ -83,7 +87,7 @@ async fn relay_chain() {
     let mut opts = NetworkOptions::new("relay", BIN, Topology::Chain);
     opts.rekey_interval = REKEY;
     opts.relay_key_bytes = KEY_BYTES;
-    opts.relay_pool_target_bytes = 2048;
+    opts.relay_pool_target_bytes = 4096;
     let net = AgentNetwork::start(opts)
         .await
         .unwrap_or_else(|e| panic!("starting the chain: {e}"));
@@ -114,7 +118,7 @@ async fn relay_chain() {
             p.name == "gw-c"
                 && p.pool
                     .as_ref()
-                    .is_some_and(|pool| pool.available_bytes >= 1536)
+                    .is_some_and(|pool| pool.available_bytes >= 1024)
         })
     })
     .await
@@ -251,5 +255,7 @@ async fn relay_chain() {
         fetched(&c),
         fetched(&a)
     );
+    // The faults, on the same agents (see `relay_faults`).
+    crate::relay_faults::kill_the_relay(&net).await;
     net.teardown().unwrap_or_else(|e| panic!("teardown: {e}"));
 }

@@ -107,7 +107,11 @@ fn network_section_refuses_bad_links() {
         "anchored to the config file"
     );
     assert!(f.warnings.iter().any(|w| w.message.contains("LAB ONLY")));
-    assert!(f.warnings.iter().any(|w| w.message.contains("listed twice")));
+    assert!(
+        f.warnings
+            .iter()
+            .any(|w| w.message.contains("listed twice"))
+    );
 }
 
 #[test]

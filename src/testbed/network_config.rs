@@ -9,10 +9,8 @@
 //! `[[tunnel]]` between the sites, keyed from that relayed peer. On every
 //! channel the gateway whose name sorts first is the transmitter and dials.
 //!
-//! Owns only text and file layout; it starts nothing. Unlike the pair's
-//! configs these are not checked with [`crate::config::Config::parse`]:
-//! the agent does not know `[network]` or relayed links yet, so only the
-//! TOML syntax is checked before an agent starts.
+//! Owns only text and file layout; it starts nothing. The fixture checks
+//! each file with [`crate::config::Config::parse`] before an agent starts.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +48,9 @@ pub struct NetworkOptions {
     /// Whether the end gateways also forward relayed keys (`[network]
     /// relay`); middle gateways always do.
     pub relay_at_ends: bool,
+    /// LAB ONLY: these nodes write every relayed-key share they open to
+    /// [`NodeFiles::relay_shares`] (to show what a relay learns).
+    pub export_relay_shares: Vec<Node>,
     /// Simulated fibre length of every QKD link.
     pub length_km: f64,
     /// Sifted key bits per QKD block.
@@ -87,6 +88,7 @@ impl NetworkOptions {
             relay_wait: Duration::from_secs(10),
             relay_pool_target_bytes: 4096,
             relay_at_ends: false,
+            export_relay_shares: Vec::new(),
             length_km: pair.length_km,
             block_sifted_bits: pair.block_sifted_bits,
             pulse_rate_hz: pair.pulse_rate_hz,
@@ -111,6 +113,9 @@ pub struct NodeFiles {
     pub status_socket: PathBuf,
     /// stdout + stderr of every run of this agent, appended.
     pub log: PathBuf,
+    /// LAB ONLY: the shares this node opens, when
+    /// [`NetworkOptions::export_relay_shares`] names it.
+    pub relay_shares: PathBuf,
 }
 
 impl NodeFiles {
@@ -122,6 +127,7 @@ impl NodeFiles {
             state_dir: dir.join("state"),
             status_socket: dir.join("status.sock"),
             log: dir.join("agent.log"),
+            relay_shares: dir.join("relay-shares"),
             dir,
         }
     }
@@ -164,7 +170,7 @@ pub fn render_node_config(node: Node, opts: &NetworkOptions, files: &NodeFiles) 
     }
     .render(&mut line);
     line(String::new());
-    render_network(node, opts, &mut line);
+    render_network(node, opts, files, &mut line);
     for (peer, channel) in topology.channels_of(node) {
         render_peer(node, peer, &channel, opts, files, &mut line);
     }
@@ -176,7 +182,12 @@ pub fn render_node_config(node: Node, opts: &NetworkOptions, files: &NodeFiles) 
 
 /// `[network]`: the same links on every node; relaying on the middle
 /// nodes (and on the ends if asked).
-fn render_network(node: Node, opts: &NetworkOptions, line: &mut impl FnMut(String)) {
+fn render_network(
+    node: Node,
+    opts: &NetworkOptions,
+    files: &NodeFiles,
+    line: &mut impl FnMut(String),
+) {
     let links: Vec<String> = opts
         .topology
         .links()
@@ -193,6 +204,12 @@ fn render_network(node: Node, opts: &NetworkOptions, line: &mut impl FnMut(Strin
     line("[network]".into());
     line(format!("links = [{}]", links.join(", ")));
     line(format!("relay = {relay}"));
+    if opts.export_relay_shares.contains(&node) {
+        line(format!(
+            "lab_export_relay_shares = {}",
+            path_str(&files.relay_shares)
+        ));
+    }
     line(String::new());
 }
 
