@@ -12,35 +12,20 @@
 //! On a kernel without ESP the demo re-runs itself in a VM ([`vm`]). It
 //! needs root (namespaces, XFRM, nftables) and says so otherwise.
 
+mod live;
+mod pair;
+mod traffic;
 mod view;
 mod vm;
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::ops::BoardSnapshot;
-use crate::testbed::{AgentPair, AgentPairOptions, Side};
-use view::{Frame, PingCounts};
-
-/// The WAN filter: packets between the sites arriving on the WAN without
-/// having been decapsulated from ESP are counted and dropped. ESP itself
-/// and the peer channel carry the gateways' addresses, not the sites'.
-const WAN_FILTER: &str = r#"
-table inet qkddemo {
-  counter clear_sites {}
-  chain wan_in {
-    type filter hook prerouting priority raw; policy accept;
-    iifname "wan" meta ipsec exists accept
-    iifname "wan" ip saddr { 10.1.0.0/24, 10.2.0.0/24 } counter name "clear_sites" drop
-  }
-}
-"#;
+use crate::testbed::{AgentPair, AgentPairOptions};
+use live::LiveOptions;
+use pair::PairScene;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -108,6 +93,10 @@ impl DemoArgs {
     }
 
     async fn run(self, binary: std::path::PathBuf) -> anyhow::Result<()> {
+        let live = LiveOptions {
+            duration_s: self.duration,
+            in_vm: self.in_vm,
+        };
         let mut opts = AgentPairOptions::new("demo", binary);
         opts.length_km = self.length_km;
         opts.rekey_interval = Duration::from_secs(self.rekey_interval);
@@ -115,228 +104,6 @@ impl DemoArgs {
         let pair = AgentPair::start(opts)
             .await
             .context("cannot set up the demo")?;
-        let filter = install_wan_filter(&pair);
-        if let Err(e) = &filter {
-            println!("(no WAN filter: {e:#})");
-        }
-        let outcome = self.live(&pair, filter.is_ok()).await;
-        println!("Stopping the agents and deleting the namespaces...");
-        for side in Side::BOTH {
-            pair.stop_agent(side);
-        }
-        let teardown = pair.teardown();
-        let summary = outcome?;
-        teardown.context("tearing down")?;
-        println!("{summary}");
-        println!("demo: torn down");
-        Ok(())
-    }
-
-    /// Runs the view until Ctrl-C, SIGTERM or `--duration`; returns the
-    /// closing summary line.
-    async fn live(&self, pair: &AgentPair, filter: bool) -> anyhow::Result<String> {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Registered once, before the loop, so that a signal arriving while
-        // a frame is drawn is not lost.
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot watch Ctrl-C")?;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let started = tokio::time::Instant::now();
-        let tty = std::io::stdout().is_terminal();
-        let mut ping: Option<PingProcess> = None;
-        let mut last: [Option<BoardSnapshot>; 2] = [None, None];
-        let mut clear = None;
-        loop {
-            tokio::select! {
-                _ = int.recv() => break,
-                _ = term.recv() => break,
-                _ = tick.tick() => {}
-            }
-            let elapsed = started.elapsed().as_secs();
-            for side in Side::BOTH {
-                if !pair.agent_running(side) {
-                    bail!(
-                        "{side}'s agent stopped; the end of its log:\n{}",
-                        pair.log_tail(side, 30)
-                    );
-                }
-                last[side_index(side)] = pair.status(side).ok();
-            }
-            // Ping only once both sides have SAs: before that the tunnel's
-            // policies do not exist yet and the hosts would talk in clear.
-            let keyed = last.iter().all(|s| {
-                s.as_ref()
-                    .and_then(|s| s.tunnels.first())
-                    .is_some_and(|t| t.generation > 0)
-            });
-            if keyed && ping.is_none() {
-                ping = Some(PingProcess::start(pair)?);
-            }
-            if filter {
-                clear = wan_clear_count(pair).ok();
-            }
-            let frame = Frame {
-                elapsed_s: elapsed,
-                length_km: self.length_km,
-                in_vm: self.in_vm,
-                a: last[0].as_ref(),
-                b: last[1].as_ref(),
-                ping: ping.as_ref().map(PingProcess::counts).unwrap_or_default(),
-                clear_on_wan: clear,
-                duration_s: self.duration,
-            };
-            let text = view::render(&frame);
-            let mut out = std::io::stdout().lock();
-            if tty {
-                // Home, clear screen: a plain redraw, no TUI library.
-                let _ = write!(out, "\x1b[H\x1b[2J{text}");
-            } else {
-                let _ = writeln!(out, "{text}");
-            }
-            let _ = out.flush();
-            if self.duration.is_some_and(|d| elapsed >= d) {
-                break;
-            }
-        }
-        let counts = ping.as_ref().map(PingProcess::counts).unwrap_or_default();
-        drop(ping);
-        Ok(summary(started.elapsed().as_secs(), &last, &counts, clear))
-    }
-}
-
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::A => 0,
-        Side::B => 1,
-    }
-}
-
-/// One `key=value` line a script (and the demo's test) can read.
-fn summary(
-    elapsed: u64,
-    last: &[Option<BoardSnapshot>; 2],
-    ping: &PingCounts,
-    clear: Option<u64>,
-) -> String {
-    let tunnel = |i: usize| last[i].as_ref().and_then(|s| s.tunnels.first());
-    let generation = |i: usize| tunnel(i).map_or(0, |t| t.generation);
-    let rekeys = |i: usize| tunnel(i).map_or(0, |t| t.rekeys_done());
-    let blocks = last[0]
-        .as_ref()
-        .and_then(|s| s.peers.first())
-        .map_or(0, |p| p.qkd.blocks_ok);
-    let sa_key = last[0].as_ref().map_or(0, view::sa_key_bytes);
-    format!(
-        "demo summary: seconds={elapsed} blocks_ok={blocks} generation_a={} generation_b={} \
-         rekeys_a={} rekeys_b={} sa_key_bytes_a={sa_key} ping_sent={} ping_answered={} \
-         ping_unanswered={} clear_on_wan={}",
-        generation(0),
-        generation(1),
-        rekeys(0),
-        rekeys(1),
-        ping.sent,
-        ping.received,
-        ping.unanswered,
-        clear.map_or("unknown".into(), |c| c.to_string())
-    )
-}
-
-fn install_wan_filter(pair: &AgentPair) -> anyhow::Result<()> {
-    for side in Side::BOTH {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", pair.netns_name(side), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run nft (install nftables)")?;
-        child
-            .stdin
-            .take()
-            .context("nft stdin")?
-            .write_all(WAN_FILTER.as_bytes())
-            .context("writing the nftables rules")?;
-        let out = child.wait_with_output().context("nft")?;
-        if !out.status.success() {
-            bail!(
-                "nft -f failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Packets the WAN filters dropped on both gateways.
-fn wan_clear_count(pair: &AgentPair) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for side in Side::BOTH {
-        let out = Command::new("ip")
-            .args(["netns", "exec", pair.netns_name(side)])
-            .args(["nft", "list", "counter", "inet", "qkddemo", "clear_sites"])
-            .output()
-            .context("nft list counter")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let packets = text
-            .split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse::<u64>().ok())
-            .context("no packet count in `nft list counter`")?;
-        total += packets;
-    }
-    Ok(total)
-}
-
-/// `ping -n -O -i 0.2` from host-a to host-b, its output counted by a
-/// reader thread; killed on drop.
-struct PingProcess {
-    child: Child,
-    counts: Arc<Mutex<PingCounts>>,
-}
-
-impl PingProcess {
-    fn start(pair: &AgentPair) -> anyhow::Result<Self> {
-        let bed = pair.bed();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &bed.host_a.name,
-                "ping",
-                "-n",
-                "-O",
-                "-i",
-                "0.2",
-            ])
-            .arg(bed.host_b.addr.to_string())
-            // Not in the terminal's process group: Ctrl-C reaches only the
-            // demo, which then stops everything in order.
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot run ping (install iputils-ping)")?;
-        let stdout = child.stdout.take().context("ping stdout")?;
-        let counts = Arc::new(Mutex::new(PingCounts::default()));
-        let c = counts.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                c.lock().unwrap_or_else(|p| p.into_inner()).observe(&line);
-            }
-        });
-        Ok(Self { child, counts })
-    }
-
-    fn counts(&self) -> PingCounts {
-        *self.counts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for PingProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        live::show(PairScene::new(pair), live).await
     }
 }
