@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use crate::ops::{BoardSnapshot, PeerSnapshot, TunnelSnapshot, key_use_name};
+use crate::ops::{BoardSnapshot, PeerSnapshot, PoolSnapshot, TunnelSnapshot, key_use_name};
 
 /// What ping has reported so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -206,23 +206,28 @@ fn render_link(out: &mut String, f: &Frame) {
         let Some(pool) = p.and_then(|p| p.pool.as_ref()) else {
             continue;
         };
-        let used: Vec<String> = pool
-            .consumed
-            .iter()
-            .filter(|u| u.bytes > 0)
-            .map(|u| format!("{} {}", u.key_use, u.bytes))
-            .collect();
         let _ = writeln!(
             out,
             "  pool {name}: {} bytes available ({} blocks); used: {}",
             pool.available_bytes,
             pool.blocks,
-            if used.is_empty() {
-                "nothing yet".into()
-            } else {
-                used.join(", ")
-            }
+            pool_uses(pool)
         );
+    }
+}
+
+/// What a pool's bytes were used for (`sa_key 144, auth 64`).
+pub fn pool_uses(pool: &PoolSnapshot) -> String {
+    let used: Vec<String> = pool
+        .consumed
+        .iter()
+        .filter(|u| u.bytes > 0)
+        .map(|u| format!("{} {}", u.key_use, u.bytes))
+        .collect();
+    if used.is_empty() {
+        "nothing yet".into()
+    } else {
+        used.join(", ")
     }
 }
 
