@@ -9,38 +9,71 @@
 //! packet between the two sites that is not inside ESP, so the view can
 //! show that nothing crosses in clear text.
 //!
-//! On a kernel without ESP the demo re-runs itself in a VM ([`vm`]). It
-//! needs root (namespaces, XFRM, nftables) and says so otherwise.
+//! With `--topology chain|diamond` the same run shows trusted relaying
+//! ([`relay`]): three or four gateways ([`crate::testbed::AgentNetwork`]),
+//! QKD links only between neighbours, and the tunnel between the two ends
+//! keyed from keys the gateways between them relay — the view follows
+//! each hop's relaying, the relayed keys at the ends, the tunnel, the
+//! pings and every gateway's WAN filter. [`live`] runs either topology.
+//!
+//! On a kernel without ESP the demo re-runs itself in a VM ([`vm`]), with
+//! the same flags. It needs root (namespaces, XFRM, nftables) and says so
+//! otherwise.
 
+mod live;
+mod pair;
+mod relay;
+mod relay_view;
+mod traffic;
 mod view;
 mod vm;
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use crate::ops::BoardSnapshot;
-use crate::testbed::{AgentPair, AgentPairOptions, Side};
-use view::{Frame, PingCounts};
+use crate::config::RelayMode;
+use crate::testbed::{AgentNetwork, AgentPair, AgentPairOptions, NetworkOptions, Topology};
+use live::LiveOptions;
+use pair::PairScene;
+use relay::RelayScene;
 
-/// The WAN filter: packets between the sites arriving on the WAN without
-/// having been decapsulated from ESP are counted and dropped. ESP itself
-/// and the peer channel carry the gateways' addresses, not the sites'.
-const WAN_FILTER: &str = r#"
-table inet qkddemo {
-  counter clear_sites {}
-  chain wan_in {
-    type filter hook prerouting priority raw; policy accept;
-    iifname "wan" meta ipsec exists accept
-    iifname "wan" ip saddr { 10.1.0.0/24, 10.2.0.0/24 } counter name "clear_sites" drop
-  }
+/// `--topology`: gateways whose ends have no QKD link of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DemoTopology {
+    /// gw-a – gw-b – gw-c: gw-b relays.
+    Chain,
+    /// gw-a – gw-b/gw-c – gw-d: two disjoint paths.
+    Diamond,
 }
-"#;
+
+impl DemoTopology {
+    fn topology(self) -> Topology {
+        match self {
+            DemoTopology::Chain => Topology::Chain,
+            DemoTopology::Diamond => Topology::Diamond,
+        }
+    }
+}
+
+/// `--relay`: how the ends' keys cross the relays (`[peer.relay] mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DemoRelay {
+    /// One path: every relay on it learns the key.
+    Single,
+    /// An XOR share on each disjoint path (the diamond only).
+    Multipath,
+}
+
+impl DemoRelay {
+    fn mode(self) -> RelayMode {
+        match self {
+            DemoRelay::Single => RelayMode::Single,
+            DemoRelay::Multipath => RelayMode::Multipath,
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -50,9 +83,18 @@ pub struct DemoArgs {
     /// Seconds between rekeys of the tunnel.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub rekey_interval: u64,
-    /// Length of the simulated fibre between the gateways (km).
+    /// Length of the simulated fibre between the gateways (km); with
+    /// `--topology`, of every QKD link.
     #[arg(long, value_name = "KM", default_value_t = 25.0)]
     pub length_km: f64,
+    /// Relay keys between gateways without a QKD link (default: the pair
+    /// of gateways joined by one link).
+    #[arg(long, value_enum)]
+    pub topology: Option<DemoTopology>,
+    /// How keys are relayed (default: multipath on the diamond, single on
+    /// the chain).
+    #[arg(long, value_enum, requires = "topology")]
+    pub relay: Option<DemoRelay>,
     /// Set by the demo itself when it re-runs inside the VM.
     #[arg(long, hide = true)]
     pub in_vm: bool,
@@ -69,6 +111,7 @@ impl DemoArgs {
         if !(self.length_km > 0.0 && self.length_km <= 200.0) {
             bail!("--length-km {} must lie in (0, 200]", self.length_km);
         }
+        self.relay_plan()?;
         if !nix::unistd::geteuid().is_root() {
             bail!(
                 "the demo needs root: it creates network namespaces, installs IPsec SAs and \
@@ -104,10 +147,53 @@ impl DemoArgs {
         if let Some(d) = self.duration {
             args.extend(["--duration".into(), d.to_string()]);
         }
+        for (flag, value) in [
+            (
+                "--topology",
+                self.topology.and_then(|t| t.to_possible_value()),
+            ),
+            ("--relay", self.relay.and_then(|r| r.to_possible_value())),
+        ] {
+            if let Some(v) = value {
+                args.extend([flag.into(), v.get_name().into()]);
+            }
+        }
         args
     }
 
+    /// The relay topology and mode asked for, `None` for the pair; refuses
+    /// what the agents' config checks would refuse, with the fix.
+    fn relay_plan(&self) -> anyhow::Result<Option<(Topology, RelayMode)>> {
+        let Some(topology) = self.topology.map(DemoTopology::topology) else {
+            return Ok(None);
+        };
+        let mode = self
+            .relay
+            .map_or_else(|| relay::default_mode(topology), DemoRelay::mode);
+        if topology == Topology::Chain && mode == RelayMode::Multipath {
+            bail!(
+                "--relay multipath needs two node-disjoint paths, and a chain has one: use                  --topology diamond or --relay single"
+            );
+        }
+        if self.rekey_interval < relay::MIN_RELAY_REKEY_INTERVAL_S {
+            bail!(
+                "--rekey-interval {} is too short for relayed keys: the emulated QKD links \
+                 cannot refill the relayed pool that fast; use at least {} with --topology",
+                self.rekey_interval,
+                relay::MIN_RELAY_REKEY_INTERVAL_S
+            );
+        }
+        Ok(Some((topology, mode)))
+    }
+
     async fn run(self, binary: std::path::PathBuf) -> anyhow::Result<()> {
+        let live = LiveOptions {
+            duration_s: self.duration,
+            in_vm: self.in_vm,
+        };
+        if let Some((topology, mode)) = self.relay_plan()? {
+            return self.run_relay(binary, topology, mode, live).await;
+        }
         let mut opts = AgentPairOptions::new("demo", binary);
         opts.length_km = self.length_km;
         opts.rekey_interval = Duration::from_secs(self.rekey_interval);
@@ -115,228 +201,120 @@ impl DemoArgs {
         let pair = AgentPair::start(opts)
             .await
             .context("cannot set up the demo")?;
-        let filter = install_wan_filter(&pair);
-        if let Err(e) = &filter {
-            println!("(no WAN filter: {e:#})");
-        }
-        let outcome = self.live(&pair, filter.is_ok()).await;
-        println!("Stopping the agents and deleting the namespaces...");
-        for side in Side::BOTH {
-            pair.stop_agent(side);
-        }
-        let teardown = pair.teardown();
-        let summary = outcome?;
-        teardown.context("tearing down")?;
-        println!("{summary}");
-        println!("demo: torn down");
-        Ok(())
+        live::show(PairScene::new(pair), live).await
     }
 
-    /// Runs the view until Ctrl-C, SIGTERM or `--duration`; returns the
-    /// closing summary line.
-    async fn live(&self, pair: &AgentPair, filter: bool) -> anyhow::Result<String> {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Registered once, before the loop, so that a signal arriving while
-        // a frame is drawn is not lost.
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot watch Ctrl-C")?;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let started = tokio::time::Instant::now();
-        let tty = std::io::stdout().is_terminal();
-        let mut ping: Option<PingProcess> = None;
-        let mut last: [Option<BoardSnapshot>; 2] = [None, None];
-        let mut clear = None;
-        loop {
-            tokio::select! {
-                _ = int.recv() => break,
-                _ = term.recv() => break,
-                _ = tick.tick() => {}
-            }
-            let elapsed = started.elapsed().as_secs();
-            for side in Side::BOTH {
-                if !pair.agent_running(side) {
-                    bail!(
-                        "{side}'s agent stopped; the end of its log:\n{}",
-                        pair.log_tail(side, 30)
-                    );
-                }
-                last[side_index(side)] = pair.status(side).ok();
-            }
-            // Ping only once both sides have SAs: before that the tunnel's
-            // policies do not exist yet and the hosts would talk in clear.
-            let keyed = last.iter().all(|s| {
-                s.as_ref()
-                    .and_then(|s| s.tunnels.first())
-                    .is_some_and(|t| t.generation > 0)
-            });
-            if keyed && ping.is_none() {
-                ping = Some(PingProcess::start(pair)?);
-            }
-            if filter {
-                clear = wan_clear_count(pair).ok();
-            }
-            let frame = Frame {
-                elapsed_s: elapsed,
-                length_km: self.length_km,
-                in_vm: self.in_vm,
-                a: last[0].as_ref(),
-                b: last[1].as_ref(),
-                ping: ping.as_ref().map(PingProcess::counts).unwrap_or_default(),
-                clear_on_wan: clear,
-                duration_s: self.duration,
-            };
-            let text = view::render(&frame);
-            let mut out = std::io::stdout().lock();
-            if tty {
-                // Home, clear screen: a plain redraw, no TUI library.
-                let _ = write!(out, "\x1b[H\x1b[2J{text}");
-            } else {
-                let _ = writeln!(out, "{text}");
-            }
-            let _ = out.flush();
-            if self.duration.is_some_and(|d| elapsed >= d) {
-                break;
-            }
-        }
-        let counts = ping.as_ref().map(PingProcess::counts).unwrap_or_default();
-        drop(ping);
-        Ok(summary(started.elapsed().as_secs(), &last, &counts, clear))
+    async fn run_relay(
+        &self,
+        binary: std::path::PathBuf,
+        topology: Topology,
+        mode: RelayMode,
+        live: LiveOptions,
+    ) -> anyhow::Result<()> {
+        let mut opts = NetworkOptions::new("demo", binary, topology);
+        opts.relay_mode = mode;
+        opts.relay_key_bytes = relay::RELAY_KEY_BYTES;
+        opts.relay_pool_target_bytes = relay::RELAY_POOL_TARGET_BYTES;
+        opts.length_km = self.length_km;
+        opts.rekey_interval = Duration::from_secs(self.rekey_interval);
+        let names: Vec<&str> = topology.nodes().iter().map(|n| n.gateway_name()).collect();
+        let (first, last) = topology.ends();
+        println!(
+            "Creating namespaces {}, host-{}, host-{} and a WAN router, and starting {} agents \
+             (relay {}); the first relayed key needs every hop's first QKD blocks...",
+            names.join(", "),
+            first.letter(),
+            last.letter(),
+            names.len(),
+            mode.name()
+        );
+        let net = AgentNetwork::start(opts)
+            .await
+            .context("cannot set up the relay demo")?;
+        live::show(RelayScene::new(net), live).await
     }
 }
 
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::A => 0,
-        Side::B => 1,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn demo(args: &[&str]) -> DemoArgs {
+        let argv = ["qkd-ipsec", "demo"].iter().chain(args);
+        match crate::cli::Cli::try_parse_from(argv)
+            .expect("parses")
+            .command
+        {
+            crate::cli::Command::Demo(d) => d,
+            other => panic!("not the demo: {other:?}"),
+        }
     }
-}
 
-/// One `key=value` line a script (and the demo's test) can read.
-fn summary(
-    elapsed: u64,
-    last: &[Option<BoardSnapshot>; 2],
-    ping: &PingCounts,
-    clear: Option<u64>,
-) -> String {
-    let tunnel = |i: usize| last[i].as_ref().and_then(|s| s.tunnels.first());
-    let generation = |i: usize| tunnel(i).map_or(0, |t| t.generation);
-    let rekeys = |i: usize| tunnel(i).map_or(0, |t| t.rekeys_done());
-    let blocks = last[0]
-        .as_ref()
-        .and_then(|s| s.peers.first())
-        .map_or(0, |p| p.qkd.blocks_ok);
-    let sa_key = last[0].as_ref().map_or(0, view::sa_key_bytes);
-    format!(
-        "demo summary: seconds={elapsed} blocks_ok={blocks} generation_a={} generation_b={} \
-         rekeys_a={} rekeys_b={} sa_key_bytes_a={sa_key} ping_sent={} ping_answered={} \
-         ping_unanswered={} clear_on_wan={}",
-        generation(0),
-        generation(1),
-        rekeys(0),
-        rekeys(1),
-        ping.sent,
-        ping.received,
-        ping.unanswered,
-        clear.map_or("unknown".into(), |c| c.to_string())
-    )
-}
+    #[test]
+    fn the_pair_is_the_default() {
+        let d = demo(&[]);
+        assert_eq!(d.relay_plan().unwrap(), None);
+        assert!(!d.forwarded_args().contains(&"--topology".to_string()));
+    }
 
-fn install_wan_filter(pair: &AgentPair) -> anyhow::Result<()> {
-    for side in Side::BOTH {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", pair.netns_name(side), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run nft (install nftables)")?;
-        child
-            .stdin
-            .take()
-            .context("nft stdin")?
-            .write_all(WAN_FILTER.as_bytes())
-            .context("writing the nftables rules")?;
-        let out = child.wait_with_output().context("nft")?;
-        if !out.status.success() {
-            bail!(
-                "nft -f failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+    #[test]
+    fn the_relay_mode_defaults_to_the_topology() {
+        let plan = |args: &[&str]| demo(args).relay_plan().unwrap().unwrap();
+        assert_eq!(
+            plan(&["--topology", "chain"]),
+            (Topology::Chain, RelayMode::Single)
+        );
+        assert_eq!(
+            plan(&["--topology", "diamond"]),
+            (Topology::Diamond, RelayMode::Multipath)
+        );
+        assert_eq!(
+            plan(&["--topology", "diamond", "--relay", "single"]),
+            (Topology::Diamond, RelayMode::Single)
+        );
+    }
+
+    #[test]
+    fn impossible_relay_demos_are_refused() {
+        let err = |args: &[&str]| demo(args).relay_plan().unwrap_err().to_string();
+        assert!(
+            err(&["--topology", "chain", "--relay", "multipath"]).contains("--topology diamond")
+        );
+        assert!(err(&["--topology", "chain", "--rekey-interval", "4"]).contains("at least 8"));
+        let argv = ["qkd-ipsec", "demo", "--relay", "single"];
+        assert!(
+            crate::cli::Cli::try_parse_from(argv).is_err(),
+            "--relay needs --topology"
+        );
+    }
+
+    #[test]
+    fn the_vm_run_gets_the_topology_and_relay() {
+        let d = demo(&[
+            "--topology",
+            "diamond",
+            "--relay",
+            "single",
+            "--duration",
+            "60",
+        ]);
+        let args = d.forwarded_args();
+        for pair in [
+            ["--topology", "diamond"],
+            ["--relay", "single"],
+            ["--duration", "60"],
+        ] {
+            assert!(
+                args.windows(2).any(|w| w == pair),
+                "{pair:?} not forwarded: {args:?}"
             );
         }
-    }
-    Ok(())
-}
-
-/// Packets the WAN filters dropped on both gateways.
-fn wan_clear_count(pair: &AgentPair) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for side in Side::BOTH {
-        let out = Command::new("ip")
-            .args(["netns", "exec", pair.netns_name(side)])
-            .args(["nft", "list", "counter", "inet", "qkddemo", "clear_sites"])
-            .output()
-            .context("nft list counter")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let packets = text
-            .split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse::<u64>().ok())
-            .context("no packet count in `nft list counter`")?;
-        total += packets;
-    }
-    Ok(total)
-}
-
-/// `ping -n -O -i 0.2` from host-a to host-b, its output counted by a
-/// reader thread; killed on drop.
-struct PingProcess {
-    child: Child,
-    counts: Arc<Mutex<PingCounts>>,
-}
-
-impl PingProcess {
-    fn start(pair: &AgentPair) -> anyhow::Result<Self> {
-        let bed = pair.bed();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &bed.host_a.name,
-                "ping",
-                "-n",
-                "-O",
-                "-i",
-                "0.2",
-            ])
-            .arg(bed.host_b.addr.to_string())
-            // Not in the terminal's process group: Ctrl-C reaches only the
-            // demo, which then stops everything in order.
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot run ping (install iputils-ping)")?;
-        let stdout = child.stdout.take().context("ping stdout")?;
-        let counts = Arc::new(Mutex::new(PingCounts::default()));
-        let c = counts.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                c.lock().unwrap_or_else(|p| p.into_inner()).observe(&line);
-            }
-        });
-        Ok(Self { child, counts })
-    }
-
-    fn counts(&self) -> PingCounts {
-        *self.counts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for PingProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // And the VM's run parses them back to the same demo.
+        let mut again: Vec<&str> = args.iter().map(String::as_str).collect();
+        again.push("--in-vm");
+        let back = demo(&again);
+        assert_eq!((back.topology, back.relay), (d.topology, d.relay));
+        assert!(back.in_vm);
     }
 }

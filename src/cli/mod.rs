@@ -34,7 +34,8 @@ pub enum Command {
     /// per-block figures, or sweep distances.
     Simulate(simulate::SimulateArgs),
     /// Two gateways, two agents, a simulated 25 km QKD link and a tunnel
-    /// keyed from it, with a live view (needs root).
+    /// keyed from it, with a live view (needs root); `--topology
+    /// chain|diamond` relays the tunnel's keys over gateways between.
     Demo(demo::DemoArgs),
 }
 

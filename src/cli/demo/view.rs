@@ -1,11 +1,14 @@
-//! The demo's live view: one plain-text frame per second from both agents'
-//! status snapshots, the ping counters and the WAN filter's counter. Pure
-//! functions of their inputs (no clock, no I/O), so they are unit-tested.
-//! Shows only public figures: counts, rates, SPIs — never key bytes.
+//! The pair demo's live view: one plain-text frame per second from both
+//! agents' status snapshots, the ping counters and the WAN filters'
+//! counters — and the pieces of a frame every topology shows the same way
+//! (header, tunnel lines, traffic, alarms), which the relay view
+//! ([`super::relay_view`]) reuses. Pure functions of their inputs (no
+//! clock, no I/O), so they are unit-tested. Shows only public figures:
+//! counts, rates, SPIs — never key bytes.
 
 use std::fmt::Write;
 
-use crate::ops::{BoardSnapshot, PeerSnapshot, TunnelSnapshot, key_use_name};
+use crate::ops::{BoardSnapshot, PeerSnapshot, PoolSnapshot, TunnelSnapshot, key_use_name};
 
 /// What ping has reported so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -47,25 +50,56 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.split_whitespace().next().unwrap_or(rest))
 }
 
-/// Everything one frame shows.
-pub struct Frame<'a> {
+/// What the demo loop measures itself, the same for every topology.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveFigures {
     pub elapsed_s: u64,
-    pub length_km: f64,
+    pub duration_s: Option<u64>,
     pub in_vm: bool,
+    pub ping: PingCounts,
+    /// Clear-text packets between the sites that each gateway's WAN filter
+    /// (an nftables counter) dropped, in the scene's gateway order, if the
+    /// filters are installed.
+    pub clear_on_wan: Option<Vec<u64>>,
+}
+
+impl LiveFigures {
+    /// The clear-text packets on every WAN together.
+    pub fn clear_total(&self) -> Option<u64> {
+        self.clear_on_wan.as_ref().map(|c| c.iter().sum())
+    }
+
+    /// The end of the title line: time, how it stops, where it runs.
+    pub fn title_tail(&self) -> String {
+        let stop = match self.duration_s {
+            Some(d) => format!("stops after {d} s"),
+            None => "Ctrl-C stops and tears down".into(),
+        };
+        format!(
+            "{} s — {stop}{}",
+            self.elapsed_s,
+            if self.in_vm {
+                " — inside a VM (host kernel lacks ESP)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Everything one frame of the pair demo shows.
+pub struct Frame<'a> {
+    pub length_km: f64,
     pub a: Option<&'a BoardSnapshot>,
     pub b: Option<&'a BoardSnapshot>,
-    pub ping: PingCounts,
-    /// Clear-text packets between the hosts seen on the gateways' WAN
-    /// (the nftables counter), if the filter is installed.
-    pub clear_on_wan: Option<u64>,
-    pub duration_s: Option<u64>,
+    pub live: &'a LiveFigures,
 }
 
 fn peer(s: Option<&BoardSnapshot>) -> Option<&PeerSnapshot> {
     s.and_then(|s| s.peers.first())
 }
 
-fn tunnel(s: Option<&BoardSnapshot>) -> Option<&TunnelSnapshot> {
+pub fn tunnel(s: Option<&BoardSnapshot>) -> Option<&TunnelSnapshot> {
     s.and_then(|s| s.tunnels.first())
 }
 
@@ -87,20 +121,11 @@ pub fn rate(bps: f64) -> String {
 /// The frame as text (no terminal control codes).
 pub fn render(f: &Frame) -> String {
     let mut out = String::new();
-    let stop = match f.duration_s {
-        Some(d) => format!("stops after {d} s"),
-        None => "Ctrl-C stops and tears down".into(),
-    };
     let _ = writeln!(
         out,
-        "qkd-ipsec demo — gw-a ⇄ gw-b over {} km of simulated fibre — {} s — {stop}{}",
+        "qkd-ipsec demo — gw-a ⇄ gw-b over {} km of simulated fibre — {}",
         f.length_km,
-        f.elapsed_s,
-        if f.in_vm {
-            " — inside a VM (host kernel lacks ESP)"
-        } else {
-            ""
-        }
+        f.live.title_tail()
     );
     out.push_str(
         "  host-a 10.1.0.2 ── gw-a 192.0.2.1 ══ ESP ══ 192.0.2.2 gw-b ── host-b 10.2.0.2\n",
@@ -108,12 +133,32 @@ pub fn render(f: &Frame) -> String {
     let _ = writeln!(out, "  {}\n", crate::ops::SIMULATED_LINK_CAVEAT);
     render_link(&mut out, f);
     out.push('\n');
-    render_tunnel(&mut out, f);
-    out.push('\n');
-    let p = &f.ping;
     let _ = writeln!(
         out,
-        "Traffic  ping host-a → host-b: {} sent, {} answered, {} lost ({:.1} %){}",
+        "Tunnel  10.1.0.0/24 ⇄ 10.2.0.0/24, ESP rfc4106(gcm(aes)), keys from the pool"
+    );
+    for (name, s) in [("gw-a", f.a), ("gw-b", f.b)] {
+        render_tunnel_line(&mut out, name, s);
+    }
+    out.push('\n');
+    render_traffic(&mut out, "host-a → host-b", f.live);
+    if let Some(n) = f.live.clear_total() {
+        let _ = writeln!(
+            out,
+            "         clear-text packets between the sites on the WAN: {n} (nftables counter)"
+        );
+    }
+    out.push('\n');
+    render_alarms(&mut out, &[("gw-a", f.a), ("gw-b", f.b)]);
+    out
+}
+
+/// The ping line.
+pub fn render_traffic(out: &mut String, route: &str, live: &LiveFigures) {
+    let p = &live.ping;
+    let _ = writeln!(
+        out,
+        "Traffic  ping {route}: {} sent, {} answered, {} lost ({:.1} %){}",
         p.sent,
         p.received,
         p.unanswered,
@@ -121,15 +166,6 @@ pub fn render(f: &Frame) -> String {
         p.last_rtt_ms
             .map_or(String::new(), |r| format!(", last rtt {r:.2} ms"))
     );
-    if let Some(n) = f.clear_on_wan {
-        let _ = writeln!(
-            out,
-            "         clear-text packets between the sites on the WAN: {n} (nftables counter)"
-        );
-    }
-    out.push('\n');
-    render_alarms(&mut out, f);
-    out
 }
 
 fn render_link(out: &mut String, f: &Frame) {
@@ -170,64 +206,65 @@ fn render_link(out: &mut String, f: &Frame) {
         let Some(pool) = p.and_then(|p| p.pool.as_ref()) else {
             continue;
         };
-        let used: Vec<String> = pool
-            .consumed
-            .iter()
-            .filter(|u| u.bytes > 0)
-            .map(|u| format!("{} {}", u.key_use, u.bytes))
-            .collect();
         let _ = writeln!(
             out,
             "  pool {name}: {} bytes available ({} blocks); used: {}",
             pool.available_bytes,
             pool.blocks,
-            if used.is_empty() {
-                "nothing yet".into()
-            } else {
-                used.join(", ")
-            }
+            pool_uses(pool)
         );
     }
 }
 
-fn render_tunnel(out: &mut String, f: &Frame) {
+/// What a pool's bytes were used for (`sa_key 144, auth 64`).
+pub fn pool_uses(pool: &PoolSnapshot) -> String {
+    let used: Vec<String> = pool
+        .consumed
+        .iter()
+        .filter(|u| u.bytes > 0)
+        .map(|u| format!("{} {}", u.key_use, u.bytes))
+        .collect();
+    if used.is_empty() {
+        "nothing yet".into()
+    } else {
+        used.join(", ")
+    }
+}
+
+/// One gateway's view of the first tunnel: state, generation, SPIs, rekeys.
+pub fn render_tunnel_line(out: &mut String, name: &str, s: Option<&BoardSnapshot>) {
+    let Some(t) = tunnel(s) else {
+        let _ = writeln!(out, "  {name}: no status");
+        return;
+    };
+    let spi = |x: Option<u32>| x.map_or("-".into(), |s| format!("{s:#010x}"));
+    let next = match (t.next_rekey_at_unix_ms, s) {
+        (Some(at), Some(s)) => format!(
+            ", next in {} s",
+            at.saturating_sub(s.taken_at_unix_ms).div_ceil(1000)
+        ),
+        _ => String::new(),
+    };
+    let last = t
+        .last_rekey
+        .map_or(String::new(), |r| format!(", last by {}", r.cause.name()));
     let _ = writeln!(
         out,
-        "Tunnel  10.1.0.0/24 ⇄ 10.2.0.0/24, ESP rfc4106(gcm(aes)), keys from the pool"
+        "  {name}: {:<18} generation {:>3}  SPI in {} out {}  rekeys {} ok {} failed{last}{next}",
+        t.state.name(),
+        t.generation,
+        spi(t.spi_in),
+        spi(t.spi_out),
+        t.rekeys_done(),
+        t.rekeys_failed()
     );
-    for (name, s) in [("gw-a", f.a), ("gw-b", f.b)] {
-        let Some(t) = tunnel(s) else {
-            let _ = writeln!(out, "  {name}: no status");
-            continue;
-        };
-        let spi = |x: Option<u32>| x.map_or("-".into(), |s| format!("{s:#010x}"));
-        let next = match (t.next_rekey_at_unix_ms, s) {
-            (Some(at), Some(s)) => format!(
-                ", next in {} s",
-                at.saturating_sub(s.taken_at_unix_ms).div_ceil(1000)
-            ),
-            _ => String::new(),
-        };
-        let last = t
-            .last_rekey
-            .map_or(String::new(), |r| format!(", last by {}", r.cause.name()));
-        let _ = writeln!(
-            out,
-            "  {name}: {:<18} generation {:>3}  SPI in {} out {}  rekeys {} ok {} failed{last}{next}",
-            t.state.name(),
-            t.generation,
-            spi(t.spi_in),
-            spi(t.spi_out),
-            t.rekeys_done(),
-            t.rekeys_failed()
-        );
-    }
 }
 
-fn render_alarms(out: &mut String, f: &Frame) {
-    let active: Vec<String> = [("gw-a", f.a), ("gw-b", f.b)]
-        .into_iter()
-        .filter_map(|(n, s)| Some((n, s?)))
+/// The active alarms of every gateway, on one line.
+pub fn render_alarms(out: &mut String, gateways: &[(&str, Option<&BoardSnapshot>)]) {
+    let active: Vec<String> = gateways
+        .iter()
+        .filter_map(|&(n, s)| Some((n, s?)))
         .flat_map(|(n, s)| {
             s.alarms
                 .iter()
@@ -293,15 +330,18 @@ mod tests {
 
     #[test]
     fn a_frame_without_status_still_renders() {
-        let f = Frame {
+        let live = LiveFigures {
             elapsed_s: 3,
-            length_km: 25.0,
+            duration_s: Some(30),
             in_vm: true,
+            ping: PingCounts::default(),
+            clear_on_wan: Some(vec![0, 0]),
+        };
+        let f = Frame {
+            length_km: 25.0,
             a: None,
             b: None,
-            ping: PingCounts::default(),
-            clear_on_wan: Some(0),
-            duration_s: Some(30),
+            live: &live,
         };
         let text = render(&f);
         assert!(text.contains("inside a VM"));
