@@ -80,9 +80,10 @@ pub struct DemoArgs {
     /// Stop by itself after this many seconds (default: until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
-    /// Seconds between rekeys of the tunnel.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    pub rekey_interval: u64,
+    /// Seconds between rekeys of the tunnel (default 10; 30 with
+    /// `--topology`, which the emulated links can feed with relayed keys).
+    #[arg(long, value_name = "SECS")]
+    pub rekey_interval: Option<u64>,
     /// Length of the simulated fibre between the gateways (km); with
     /// `--topology`, of every QKD link.
     #[arg(long, value_name = "KM", default_value_t = 25.0)]
@@ -101,11 +102,20 @@ pub struct DemoArgs {
 }
 
 impl DemoArgs {
+    /// The rekey interval asked for, or the default of the topology.
+    fn rekey_interval(&self) -> u64 {
+        self.rekey_interval.unwrap_or(if self.topology.is_some() {
+            relay::DEFAULT_RELAY_REKEY_INTERVAL_S
+        } else {
+            10
+        })
+    }
+
     pub fn exec(self) -> anyhow::Result<()> {
-        if !(2..=3600).contains(&self.rekey_interval) {
+        if !(2..=3600).contains(&self.rekey_interval()) {
             bail!(
                 "--rekey-interval {} must lie in 2..=3600 seconds",
-                self.rekey_interval
+                self.rekey_interval()
             );
         }
         if !(self.length_km > 0.0 && self.length_km <= 200.0) {
@@ -140,7 +150,7 @@ impl DemoArgs {
     fn forwarded_args(&self) -> Vec<String> {
         let mut args = vec![
             "--rekey-interval".into(),
-            self.rekey_interval.to_string(),
+            self.rekey_interval().to_string(),
             "--length-km".into(),
             self.length_km.to_string(),
         ];
@@ -172,14 +182,15 @@ impl DemoArgs {
             .map_or_else(|| relay::default_mode(topology), DemoRelay::mode);
         if topology == Topology::Chain && mode == RelayMode::Multipath {
             bail!(
-                "--relay multipath needs two node-disjoint paths, and a chain has one: use                  --topology diamond or --relay single"
+                "--relay multipath needs two node-disjoint paths, and a chain has one: use \
+                 --topology diamond or --relay single"
             );
         }
-        if self.rekey_interval < relay::MIN_RELAY_REKEY_INTERVAL_S {
+        if self.rekey_interval() < relay::MIN_RELAY_REKEY_INTERVAL_S {
             bail!(
                 "--rekey-interval {} is too short for relayed keys: the emulated QKD links \
                  cannot refill the relayed pool that fast; use at least {} with --topology",
-                self.rekey_interval,
+                self.rekey_interval(),
                 relay::MIN_RELAY_REKEY_INTERVAL_S
             );
         }
@@ -196,7 +207,7 @@ impl DemoArgs {
         }
         let mut opts = AgentPairOptions::new("demo", binary);
         opts.length_km = self.length_km;
-        opts.rekey_interval = Duration::from_secs(self.rekey_interval);
+        opts.rekey_interval = Duration::from_secs(self.rekey_interval());
         println!("Creating namespaces gw-a, gw-b, host-a, host-b and starting two agents...");
         let pair = AgentPair::start(opts)
             .await
@@ -216,7 +227,7 @@ impl DemoArgs {
         opts.relay_key_bytes = relay::RELAY_KEY_BYTES;
         opts.relay_pool_target_bytes = relay::RELAY_POOL_TARGET_BYTES;
         opts.length_km = self.length_km;
-        opts.rekey_interval = Duration::from_secs(self.rekey_interval);
+        opts.rekey_interval = Duration::from_secs(self.rekey_interval());
         let names: Vec<&str> = topology.nodes().iter().map(|n| n.gateway_name()).collect();
         let (first, last) = topology.ends();
         println!(

@@ -133,7 +133,11 @@ fn render_peer(out: &mut String, p: &PeerSnapshot, now: u64) {
     if let Some(k) = &p.key_source {
         let _ = writeln!(
             out,
-            "      key source: ETSI 014 {} at {}, {} keys ({} bytes) fetched{}, {} errors{}",
+            "      key source: {} {} at {}, {} keys ({} bytes) fetched{}, {} errors{}",
+            match p.source {
+                super::LinkSource::Relayed => "relayed,",
+                _ => "ETSI 014",
+            },
             k.role,
             k.kme_url,
             k.keys_fetched,

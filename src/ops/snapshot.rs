@@ -270,7 +270,7 @@ pub struct PoolSnapshot {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UseBytes {
-    /// `sa_key`, `auth`, `wrap`, `application`, `channel`.
+    /// `sa_key`, `auth`, `wrap`, `application`, `channel`, `relay`.
     #[serde(rename = "use")]
     pub key_use: String,
     pub bytes: u64,

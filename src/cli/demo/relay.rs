@@ -115,12 +115,16 @@ impl Scene for RelayScene {
 }
 
 /// The demo's relay settings, those of `netns-tests/relay_chain.rs`,
-/// which the emulated QKD links are known to feed: keys of 128 bytes and
-/// a 2 KiB relayed pool (a rekey takes 72 bytes of it), and a rekey
-/// interval of at least 8 s.
-pub const RELAY_KEY_BYTES: u32 = 128;
-pub const RELAY_POOL_TARGET_BYTES: u64 = 2048;
-pub const MIN_RELAY_REKEY_INTERVAL_S: u64 = 8;
+/// which the emulated QKD links (about 1 KiB of key per ~40 s block in the
+/// VM, half of it for each side's takes) are known to feed: keys of 256
+/// bytes, a 4 KiB relayed pool (a rekey takes 72 bytes of it), and a rekey
+/// interval of at least 20 s (8 s starves them and the tunnel fails
+/// closed between refills, as it should).
+pub const RELAY_KEY_BYTES: u32 = 256;
+pub const RELAY_POOL_TARGET_BYTES: u64 = 4096;
+pub const MIN_RELAY_REKEY_INTERVAL_S: u64 = 20;
+/// The demo's rekey interval with `--topology` when none is given.
+pub const DEFAULT_RELAY_REKEY_INTERVAL_S: u64 = 30;
 
 /// The relay mode when `--relay` is not given: multipath where there are
 /// two disjoint paths, single on the chain.
