@@ -262,3 +262,34 @@ fn a_refusal_or_a_missing_ack_drops_the_block_and_its_id() {
         .unwrap();
     assert_eq!(m.abandon(), Some(BlockId(3)));
 }
+
+/// A relay's refusal of the pending key drops the offer at once (no key
+/// waits for an ack that will never come) and starts the back-off; a
+/// refusal naming another key changes nothing.
+#[test]
+fn a_refused_pending_key_is_dropped_and_backs_off() {
+    let now = Instant::now();
+    let mut m = Master::new(cfg());
+    let mut seen = SeenKeyIds::in_memory();
+    assert_eq!(m.poll(now, true, 0), MasterAction::Fetch { number: 4 });
+    let offer = m
+        .fetched(now, Ok(keys(1, 4, 5)), BlockId(1), &mut seen)
+        .unwrap();
+    assert!(!m.refused(now, &Uuid::from_u128(99)), "not the pending key");
+    assert!(m.pending().is_some());
+    assert!(m.refused(now, &offer.key_ids[2]));
+    assert!(m.pending().is_none());
+    assert!(
+        matches!(m.poll(now, true, 0), MasterAction::Wait(Some(_))),
+        "backs off"
+    );
+    // The slave's late refusal is for a block no longer pending.
+    let late = m.acked(
+        now,
+        KeyOfferAck {
+            block: offer.block,
+            accepted: false,
+        },
+    );
+    assert!(matches!(late, Err(SourceError::UnexpectedAck(_))));
+}
