@@ -75,6 +75,66 @@ fn relay_link<'a>(s: &'a BoardSnapshot, link: &str) -> &'a qkd_ipsec::ops::Relay
         .unwrap_or_else(|| panic!("{} counted no relay on the link to {link}", s.gateway))
 }
 
+/// What does not add up in the relay's pad accounting, from one status of
+/// each node (empty: all of it does).
+fn accounting_mismatches(a: &BoardSnapshot, b: &BoardSnapshot, c: &BoardSnapshot) -> Vec<String> {
+    let per_share = u64::from(pad_len(KEY_BYTES));
+    let a_sent = relay_link(a, "gw-b");
+    let b_from_a = relay_link(b, "gw-a");
+    let b_to_c = relay_link(b, "gw-c");
+    let c_from_b = relay_link(c, "gw-b");
+    let checks = [
+        (
+            "gw-a sent at least two shares",
+            a_sent.sent_shares_total >= 2,
+        ),
+        (
+            "gw-a's relay use of its pool with gw-b = shares sent × (share + 32)",
+            used(a, "gw-b", "relay") == a_sent.sent_shares_total * per_share,
+        ),
+        (
+            "hop gw-a–gw-b: the same relay bytes on both ends",
+            used(a, "gw-b", "relay") == used(b, "gw-a", "relay"),
+        ),
+        (
+            "hop gw-b–gw-c: the same relay bytes on both ends",
+            used(b, "gw-c", "relay") == used(c, "gw-b", "relay"),
+        ),
+        (
+            "gw-b's relay use of its pool with gw-c = shares sent × (share + 32)",
+            used(b, "gw-c", "relay") == b_to_c.sent_shares_total * per_share,
+        ),
+        (
+            "gw-b received what gw-a sent",
+            b_from_a.received_shares_total == a_sent.sent_shares_total,
+        ),
+        (
+            "gw-b relayed on everything it received",
+            b_from_a.forwarded_shares_total == b_from_a.received_shares_total,
+        ),
+        (
+            "gw-b kept and refused nothing",
+            (
+                b_from_a.delivered_shares_total,
+                b_from_a.refused_shares_total,
+            ) == (0, 0),
+        ),
+        (
+            "gw-c received what gw-b sent",
+            c_from_b.received_shares_total == b_to_c.sent_shares_total,
+        ),
+        (
+            "gw-c kept everything it received",
+            c_from_b.delivered_shares_total == c_from_b.received_shares_total,
+        ),
+    ];
+    checks
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(what, _)| (*what).to_string())
+        .collect()
+}
+
 /// The tunnel at `node` carries traffic at generation ≥ `min`.
 fn keyed(s: &BoardSnapshot, min: u64) -> bool {
     s.tunnels
@@ -189,53 +249,26 @@ async fn relay_chain() {
     assert!(nft_counter(net.netns_name(Node::C), "esp_in").await > 0);
 
     // Pad accounting: every hop's relay bytes match on both ends, and
-    // equal the shares sent times (share + tag key).
-    let (a, b, c) = (
-        net.status(Node::A).unwrap(),
-        net.status(Node::B).unwrap(),
-        net.status(Node::C).unwrap(),
-    );
-    let per_share = u64::from(pad_len(KEY_BYTES));
-    let a_sent = relay_link(&a, "gw-b");
-    let b_from_a = relay_link(&b, "gw-a");
-    let b_to_c = relay_link(&b, "gw-c");
-    let c_from_b = relay_link(&c, "gw-b");
-    assert!(a_sent.sent_shares_total >= 2, "{a_sent:?}");
-    assert_eq!(
-        used(&a, "gw-b", "relay"),
-        a_sent.sent_shares_total * per_share
-    );
-    assert_eq!(
-        used(&a, "gw-b", "relay"),
-        used(&b, "gw-a", "relay"),
-        "hop gw-a–gw-b"
-    );
-    assert_eq!(
-        used(&b, "gw-c", "relay"),
-        used(&c, "gw-b", "relay"),
-        "hop gw-b–gw-c"
-    );
-    assert_eq!(
-        used(&b, "gw-c", "relay"),
-        b_to_c.sent_shares_total * per_share
-    );
-    assert_eq!(b_from_a.received_shares_total, a_sent.sent_shares_total);
-    assert_eq!(
-        b_from_a.forwarded_shares_total,
-        b_from_a.received_shares_total
-    );
-    assert_eq!(
-        (
-            b_from_a.delivered_shares_total,
-            b_from_a.refused_shares_total
-        ),
-        (0, 0)
-    );
-    assert_eq!(c_from_b.received_shares_total, b_to_c.sent_shares_total);
-    assert_eq!(
-        c_from_b.delivered_shares_total,
-        c_from_b.received_shares_total
-    );
+    // equal the shares sent times (share + tag key). The pool figures in a
+    // status are refreshed now and then, the relay counters at once, and
+    // gw-a relays again after each rekey: poll until one consistent view.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (a, _, c) = loop {
+        let (a, b, c) = (
+            net.status(Node::A).unwrap(),
+            net.status(Node::B).unwrap(),
+            net.status(Node::C).unwrap(),
+        );
+        let wrong = accounting_mismatches(&a, &b, &c);
+        if wrong.is_empty() {
+            break (a, b, c);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pad accounting does not add up: {wrong:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     // The relayed link's pool: what gw-a relayed, gw-c holds.
     let fetched = |s: &BoardSnapshot| {
         s.peers
