@@ -16,7 +16,10 @@
 //! [`pcap`]. The ETSI GS QKD 014 modules run agents as KMEs
 //! (`etsi014_kme`, `tls_psk`, with the example SAE programs in the hosts'
 //! namespaces; see `kme_support`) and a second pair keyed from them
-//! (`etsi014_source`).
+//! (`etsi014_source`). The relay modules run a network of agents
+//! ([`qkd_ipsec::testbed::AgentNetwork`]): a chain with keys relayed through
+//! the middle gateway (`relay_chain`, then `relay_faults` on the same
+//! agents) and a diamond with multipath relaying (`relay_multipath`).
 
 mod agent_config;
 mod agent_crash;
