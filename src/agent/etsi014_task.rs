@@ -290,6 +290,12 @@ impl Etsi014Task {
     }
 
     fn failed(&self, e: &SourceError) {
+        if matches!(e, SourceError::Waiting(_)) {
+            // Not a fault: the tunnels' own pool_exhausted alarm speaks if
+            // the wait starves them.
+            tracing::debug!(peer = %self.peer, error = %e, "key source waiting for key");
+            return;
+        }
         tracing::debug!(peer = %self.peer, error = %e, "key source failed");
         self.reporter.key_source_failed(&e.to_string());
     }

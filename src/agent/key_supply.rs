@@ -23,7 +23,7 @@ use crate::ops::{Alarm, AlarmKind, StatusBoard};
 use crate::relay::{RelayHeader, shares};
 use crate::secret::SecretBytes;
 
-use super::relay_task::RelayRouter;
+use super::relay_task::{RelayRouter, SendFailure};
 
 /// dec_keys attempts the slave makes for one offer (the peer KME may not
 /// have the keys yet right after the master's enc_keys).
@@ -213,7 +213,12 @@ impl RelaySupply {
             self.router
                 .originate(header, share)
                 .await
-                .map_err(SourceError::Relay)?;
+                .map_err(|f| match f {
+                    // The first hop's QKD link has not made enough key
+                    // yet: a wait, not a fault.
+                    SendFailure::NoKey(why) => SourceError::Waiting(why),
+                    SendFailure::Other(why) => SourceError::Relay(why),
+                })?;
         }
         debug_assert_eq!(self.me, paths[0][0]);
         Ok(KeyItem {

@@ -40,6 +40,24 @@ use super::tunnel_task::ReservedPool;
 /// Relayed keys held for their offers at most.
 const INBOX_KEYS: usize = 256;
 
+/// Why a share could not be sent on.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// The hop's pool has too little key for the pad now (it fills as its
+    /// QKD link runs).
+    NoKey(String),
+    /// Anything else: no such link, link down, send failed.
+    Other(String),
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendFailure::NoKey(m) | SendFailure::Other(m) => f.write_str(m),
+        }
+    }
+}
+
 /// One QKD link as the relay uses it.
 #[derive(Clone)]
 pub struct HopLink {
@@ -114,22 +132,31 @@ impl RelayRouter {
     }
 
     /// Sends this gateway's own share (`header.hop` = 0) to the next node.
-    pub async fn originate(&self, header: RelayHeader, share: &SecretBytes) -> Result<(), String> {
+    pub async fn originate(
+        &self,
+        header: RelayHeader,
+        share: &SecretBytes,
+    ) -> Result<(), SendFailure> {
         debug_assert_eq!(header.sender(), self.me);
         self.seal_and_send(&header, share).await
     }
 
     /// Takes the pad on the link to `header.receiver()`, seals, sends.
-    async fn seal_and_send(&self, header: &RelayHeader, share: &SecretBytes) -> Result<(), String> {
+    async fn seal_and_send(
+        &self,
+        header: &RelayHeader,
+        share: &SecretBytes,
+    ) -> Result<(), SendFailure> {
         let next = header.receiver().to_string();
         let me = &self.me;
+        let other = SendFailure::Other;
         let link = self
             .link(&next)
-            .ok_or_else(|| format!("{me} has no QKD link to {next}"))?;
+            .ok_or_else(|| other(format!("{me} has no QKD link to {next}")))?;
         if link.ready.borrow().is_none() {
-            return Err(format!(
+            return Err(other(format!(
                 "the QKD link {me}–{next} is down (its pools are not agreed)"
-            ));
+            )));
         }
         let need = pad_len(header.len);
         let (pool, reserve) = (Arc::clone(&link.pool), link.reserve);
@@ -142,15 +169,21 @@ impl RelayRouter {
             source.take(KeyUse::Relay, need)
         })
         .await
-        .map_err(|e| format!("pool task failed: {e}"))?;
-        let (pad_ref, pad) =
-            taken.map_err(|e| format!("no key for the hop {me}–{next} ({need} bytes): {e}"))?;
-        let hop = RelayHop::seal(header.clone(), share, pad_ref, pad).map_err(|e| e.to_string())?;
+        .map_err(|e| other(format!("pool task failed: {e}")))?;
+        let (pad_ref, pad) = taken.map_err(|e| {
+            let why = format!("no key for the hop {me}–{next} ({need} bytes): {e}");
+            match e {
+                crate::rekey::TakeError::Exhausted { .. } => SendFailure::NoKey(why),
+                _ => other(why),
+            }
+        })?;
+        let hop = RelayHop::seal(header.clone(), share, pad_ref, pad)
+            .map_err(|e| other(e.to_string()))?;
         let frame = Bytes::from(ControlMessage::RelayHop(hop).encode());
         link.handle
             .send(Stream::Control, frame)
             .await
-            .map_err(|e| format!("sending to {next} failed: {e}"))?;
+            .map_err(|e| other(format!("sending to {next} failed: {e}")))?;
         self.board
             .relay_counted(&next, RelayEvent::Sent, u64::from(header.len));
         Ok(())
@@ -207,7 +240,7 @@ impl RelayRouter {
                 tracing::debug!(source = %h.source(), destination = %h.destination(),
                     key = %h.key_id, share = h.share, "relayed a share on");
             }
-            Err(reason) => self.refuse(&h, from, reason).await,
+            Err(failure) => self.refuse(&h, from, failure.to_string()).await,
         }
     }
 

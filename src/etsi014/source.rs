@@ -129,6 +129,11 @@ pub enum SourceError {
     /// ([`crate::relay`]; the same offer protocol carries relayed keys).
     #[error("relay: {0}")]
     Relay(String),
+    /// No fault: the source must wait for key before it can make more
+    /// (a relay's first hop has too little QKD key for a pad yet). Retried
+    /// with the back-off, without an alarm.
+    #[error("waiting for key: {0}")]
+    Waiting(String),
 }
 
 impl From<RecordError> for SourceError {
