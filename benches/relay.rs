@@ -105,10 +105,8 @@ fn durable_pools() -> Durable {
     // A directory per pair: the pair it replaces removes its own on drop.
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "qkd-ipsec-bench-relay-{}-{n}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("qkd-ipsec-bench-relay-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let key = PoolKey::from_secret(Secret::<32>::random().unwrap());
     let mut tx = PersistedPool::open(&dir.join("tx"), "gw-b", Role::Transmitter, &key).unwrap();
