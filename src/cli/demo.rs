@@ -292,7 +292,13 @@ mod tests {
         assert!(
             err(&["--topology", "chain", "--relay", "multipath"]).contains("--topology diamond")
         );
-        assert!(err(&["--topology", "chain", "--rekey-interval", "4"]).contains("at least 8"));
+        assert!(err(&["--topology", "chain", "--rekey-interval", "8"]).contains("at least 20"));
+        // No interval given: the topology's default, which passes.
+        assert_eq!(
+            demo(&["--topology", "chain"]).rekey_interval(),
+            relay::DEFAULT_RELAY_REKEY_INTERVAL_S
+        );
+        assert_eq!(demo(&[]).rekey_interval(), 10);
         let argv = ["qkd-ipsec", "demo", "--relay", "single"];
         assert!(
             crate::cli::Cli::try_parse_from(argv).is_err(),
@@ -327,5 +333,6 @@ mod tests {
         let back = demo(&again);
         assert_eq!((back.topology, back.relay), (d.topology, d.relay));
         assert!(back.in_vm);
+        assert_eq!(back.rekey_interval(), d.rekey_interval());
     }
 }
