@@ -253,20 +253,13 @@ impl Etsi014Section {
                 ),
             );
         }
-        if ok
-            && (self.pool_target_bytes < block
-                || self.pool_target_bytes > MAX_POOL_TARGET_BYTES
-                || self.pool_target_bytes / block.max(1) > (MAX_BLOCKS / 2) as u64)
-        {
-            ok = false;
-            f.error(
-                at("pool_target_bytes"),
-                format!(
-                    "{}: must hold at least one batch ({block} bytes), at most \
-                     {MAX_POOL_TARGET_BYTES} bytes and {} batches",
-                    self.pool_target_bytes,
-                    MAX_BLOCKS / 2
-                ),
+        if ok {
+            ok = check_pool_target(
+                &at("pool_target_bytes"),
+                self.pool_target_bytes,
+                block,
+                ("batch", "batches"),
+                f,
             );
         }
         for (field, d) in [
@@ -278,16 +271,7 @@ impl Etsi014Section {
                 f.error(at(field), "must be positive, e.g. \"5s\"");
             }
         }
-        if self.retry_max.get() < Duration::from_secs(1) {
-            ok = false;
-            f.error(
-                at("retry_max"),
-                format!(
-                    "{}: must be at least \"1s\" (the first retry waits 1 s)",
-                    self.retry_max
-                ),
-            );
-        }
+        ok &= check_retry_max(&at("retry_max"), self.retry_max, f);
         if !ok {
             return None;
         }
@@ -308,6 +292,47 @@ impl Etsi014Section {
             retry_max: self.retry_max.get(),
         })
     }
+}
+
+/// `pool_target_bytes` of an offered-keys link: at least one `block`
+/// (what one offer adds), at most [`MAX_POOL_TARGET_BYTES`] and half the
+/// pool's block limit in blocks. `unit`: what a block is called, singular
+/// and plural.
+pub(super) fn check_pool_target(
+    path: &str,
+    target: u64,
+    block: u64,
+    unit: (&str, &str),
+    f: &mut Findings,
+) -> bool {
+    let block = block.max(1);
+    if target < block || target > MAX_POOL_TARGET_BYTES || target / block > (MAX_BLOCKS / 2) as u64
+    {
+        f.error(
+            path,
+            format!(
+                "{target}: must hold at least one {} ({block} bytes), at most \
+                 {MAX_POOL_TARGET_BYTES} bytes and {} {}",
+                unit.0,
+                MAX_BLOCKS / 2,
+                unit.1
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// `retry_max` of a key source: the first retry waits 1 s.
+pub(super) fn check_retry_max(path: &str, retry_max: HumanDuration, f: &mut Findings) -> bool {
+    if retry_max.get() < Duration::from_secs(1) {
+        f.error(
+            path,
+            format!("{retry_max}: must be at least \"1s\" (the first retry waits 1 s)"),
+        );
+        return false;
+    }
+    true
 }
 
 /// Refuses simulated-link settings on an etsi014 link: every optics and

@@ -22,10 +22,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Findings;
-use super::etsi014::MAX_POOL_TARGET_BYTES;
+use super::etsi014::{check_pool_target, check_retry_max};
 use super::gateway::anchor;
 use super::values::{HumanDuration, check_name};
-use crate::keys::pool::{MAX_BLOCK_BYTES, MAX_BLOCKS};
+use crate::keys::pool::MAX_BLOCK_BYTES;
 use crate::relay::hop::{MAX_PATH_NODES, MAX_RELAYED_KEY_BYTES, MAX_SHARES};
 
 /// Smallest relayed key (bytes): one SA key and salt fit.
@@ -129,21 +129,13 @@ impl RelaySection {
                 ),
             );
         }
-        let block = u64::from(self.key_bytes.max(1));
-        if ok
-            && (self.pool_target_bytes < block
-                || self.pool_target_bytes > MAX_POOL_TARGET_BYTES
-                || self.pool_target_bytes / block > (MAX_BLOCKS / 2) as u64)
-        {
-            ok = false;
-            f.error(
-                at("pool_target_bytes"),
-                format!(
-                    "{}: must hold at least one key ({block} bytes), at most \
-                     {MAX_POOL_TARGET_BYTES} bytes and {} keys",
-                    self.pool_target_bytes,
-                    MAX_BLOCKS / 2
-                ),
+        if ok {
+            ok = check_pool_target(
+                &at("pool_target_bytes"),
+                self.pool_target_bytes,
+                u64::from(self.key_bytes),
+                ("key", "keys"),
+                f,
             );
         }
         const { assert!(MAX_RELAYED_KEY_BYTES <= MAX_BLOCK_BYTES) };
@@ -154,16 +146,7 @@ impl RelaySection {
                 format!("{}: must be at least \"100ms\"", self.wait),
             );
         }
-        if self.retry_max.get() < Duration::from_secs(1) {
-            ok = false;
-            f.error(
-                at("retry_max"),
-                format!(
-                    "{}: must be at least \"1s\" (the first retry waits 1 s)",
-                    self.retry_max
-                ),
-            );
-        }
+        ok &= check_retry_max(&at("retry_max"), self.retry_max, f);
         if self.fallback && self.mode == RelayMode::Single {
             f.warn(
                 at("fallback"),
