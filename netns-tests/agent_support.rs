@@ -55,6 +55,23 @@ pub fn consumed(s: &BoardSnapshot, key_use: &str) -> u64 {
     })
 }
 
+/// The first tunnel carries traffic at generation ≥ `min`.
+pub fn tunnel_keyed(s: &BoardSnapshot, min: u64) -> bool {
+    s.tunnels
+        .first()
+        .is_some_and(|t| t.state.carries_traffic() && t.generation >= min)
+}
+
+/// Key bytes the key source of the link to `peer` appended (relayed or
+/// ETSI 014 keys).
+pub fn source_bytes(s: &BoardSnapshot, peer: &str) -> u64 {
+    s.peers
+        .iter()
+        .find(|p| p.name == peer)
+        .and_then(|p| p.key_source.as_ref())
+        .map_or(0, |k| k.bytes_fetched)
+}
+
 /// Whether an alarm matching `is` is active.
 pub fn alarm_active(s: &BoardSnapshot, is: impl Fn(&Alarm) -> bool) -> bool {
     s.alarms.iter().any(|a| a.active && is(&a.alarm))
@@ -215,6 +232,11 @@ pub async fn sa_pairs(
 /// every other IPv4 packet arriving from the WAN, clear-text packets
 /// between the two sites separately.
 pub fn wan_filter() -> String {
+    wan_filter_for("10.1.0.0/24, 10.2.0.0/24")
+}
+
+/// [`wan_filter`] for the sites `sites` (an nftables set's elements).
+pub fn wan_filter_for(sites: &str) -> String {
     format!(
         r#"
 table inet qkdtest {{
@@ -227,7 +249,7 @@ table inet qkdtest {{
     iifname "wan" ip protocol esp counter name "esp_in" accept
     iifname "wan" tcp dport {PEER_PORT} accept
     iifname "wan" tcp sport {PEER_PORT} accept
-    iifname "wan" ip saddr {{ 10.1.0.0/24, 10.2.0.0/24 }} counter name "clear_sites" drop
+    iifname "wan" ip saddr {{ {sites} }} counter name "clear_sites" drop
     iifname "wan" meta nfproto ipv4 counter name "other_dropped" drop
   }}
 }}

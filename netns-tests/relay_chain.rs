@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use qkd_ipsec::ops::BoardSnapshot;
 use qkd_ipsec::relay::pad_len;
-use qkd_ipsec::testbed::{AgentNetwork, NetworkOptions, Node, PEER_PORT, Topology};
+use qkd_ipsec::testbed::{AgentNetwork, NetworkOptions, Node, Topology};
 
-use crate::agent_support::{BIN, kernel_sas, tunnel};
+use crate::agent_support::{BIN, kernel_sas, source_bytes, tunnel, tunnel_keyed, wan_filter_for};
 use crate::support::*;
 
 /// Five rekeys in under two minutes, slow enough that the emulated QKD
@@ -30,28 +30,8 @@ const REKEY: Duration = Duration::from_secs(20);
 const REKEYS: u64 = 5;
 /// Bytes of each relayed key.
 const KEY_BYTES: u32 = 256;
-
-/// ESP, decapsulated ESP and the peer channels are accepted on a
-/// gateway's WAN; clear packets between the sites are counted and dropped,
-/// anything else too.
-fn wan_filter() -> String {
-    format!(
-        r#"
-table inet qkdtest {{
-  counter clear_sites {{}}
-  counter esp_in {{}}
-  chain wan_in {{
-    type filter hook prerouting priority raw; policy accept;
-    iifname "wan" meta ipsec exists accept
-    iifname "wan" ip protocol esp counter name "esp_in" accept
-    iifname "wan" tcp dport {PEER_PORT} accept
-    iifname "wan" tcp sport {PEER_PORT} accept
-    iifname "wan" ip saddr {{ 10.1.0.0/24, 10.3.0.0/24 }} counter name "clear_sites" drop
-  }}
-}}
-"#
-    )
-}
+/// The chain's two sites.
+const SITES: &str = "10.1.0.0/24, 10.3.0.0/24";
 
 /// Pool bytes consumed for `key_use` on `node`'s link to `peer`.
 fn used(s: &BoardSnapshot, peer: &str, key_use: &str) -> u64 {
@@ -141,13 +121,6 @@ fn accounting_mismatches(a: &BoardSnapshot, b: &BoardSnapshot, c: &BoardSnapshot
         .collect()
 }
 
-/// The tunnel at `node` carries traffic at generation ≥ `min`.
-fn keyed(s: &BoardSnapshot, min: u64) -> bool {
-    s.tunnels
-        .first()
-        .is_some_and(|t| t.state.carries_traffic() && t.generation >= min)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_chain() {
     let mut opts = NetworkOptions::new("relay", BIN, Topology::Chain);
@@ -158,13 +131,13 @@ async fn relay_chain() {
         .await
         .unwrap_or_else(|e| panic!("starting the chain: {e}"));
     for node in [Node::A, Node::B, Node::C] {
-        nft_apply(net.netns_name(node), &wan_filter()).await;
+        nft_apply(net.netns_name(node), &wan_filter_for(SITES)).await;
     }
 
     // The first generation needs both QKD links' first blocks and a relay.
     let limit = Duration::from_secs(600);
     net.wait_status(Node::A, limit, "gw-a's tunnel to gw-c keyed", |s| {
-        keyed(s, 1)
+        tunnel_keyed(s, 1)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -172,7 +145,7 @@ async fn relay_chain() {
         Node::C,
         Duration::from_secs(60),
         "gw-c's tunnel keyed",
-        |s| keyed(s, 1),
+        |s| tunnel_keyed(s, 1),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -206,18 +179,16 @@ async fn relay_chain() {
             Node::A,
             Duration::from_secs(seconds * 4),
             "five rekeys of the relayed tunnel",
-            |s| keyed(s, first + REKEYS),
+            |s| tunnel_keyed(s, first + REKEYS),
         )
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", net.log_tail(Node::A, 40)));
-    let out = within(
+    let stats = within(
         Duration::from_secs(seconds * 3),
         "the pings to end",
-        pings.wait_with_output(),
+        ping_stats(pings),
     )
-    .await
-    .expect("ping");
-    let stats = parse_ping(&String::from_utf8_lossy(&out.stdout)).expect("ping summary");
+    .await;
     assert!(stats.transmitted >= seconds * 4, "{stats:?}");
     assert_eq!(
         stats.received,
@@ -276,14 +247,8 @@ async fn relay_chain() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     // The relayed link's pool: what gw-a relayed, gw-c holds.
-    let fetched = |s: &BoardSnapshot| {
-        s.peers
-            .iter()
-            .find(|p| p.name == if s.gateway == "gw-a" { "gw-c" } else { "gw-a" })
-            .and_then(|p| p.key_source.as_ref())
-            .map(|k| k.bytes_fetched)
-            .unwrap_or(0)
-    };
+    let fetched =
+        |s: &BoardSnapshot| source_bytes(s, if s.gateway == "gw-a" { "gw-c" } else { "gw-a" });
     assert!(
         fetched(&a) >= u64::from(KEY_BYTES),
         "gw-a appended no relayed key"

@@ -16,7 +16,7 @@ use std::time::Duration;
 use qkd_ipsec::ops::BoardSnapshot;
 use qkd_ipsec::testbed::{AgentNetwork, Node};
 
-use crate::agent_support::kernel_sas;
+use crate::agent_support::{kernel_sas, source_bytes};
 use crate::support::*;
 
 /// Unconsumed bytes of `s`'s pool with `peer`.
@@ -30,11 +30,7 @@ fn available(s: &BoardSnapshot, peer: &str) -> Option<u64> {
 }
 
 fn relayed_bytes(s: &BoardSnapshot) -> u64 {
-    s.peers
-        .iter()
-        .find(|p| p.name == "gw-c")
-        .and_then(|p| p.key_source.as_ref())
-        .map_or(0, |k| k.bytes_fetched)
+    source_bytes(s, "gw-c")
 }
 
 /// Both ends of the QKD link `x`–`y` hold the same unconsumed bytes.

@@ -26,7 +26,7 @@ use qkd_ipsec::secret::SecretBytes;
 use qkd_ipsec::testbed::{AgentNetwork, NetworkOptions, Node, Topology};
 use uuid::Uuid;
 
-use crate::agent_support::{BIN, alarm_active, kernel_sas, tunnel};
+use crate::agent_support::{BIN, alarm_active, kernel_sas, source_bytes, tunnel, tunnel_keyed};
 use crate::support::*;
 
 /// Slow rekeys: four QKD links share the VM's CPU, and every key costs a
@@ -36,19 +36,9 @@ const KEY_BYTES: u32 = 256;
 /// Bytes of an SA key looked for.
 const WINDOW: usize = 16;
 
-fn keyed(s: &BoardSnapshot, min: u64) -> bool {
-    s.tunnels
-        .first()
-        .is_some_and(|t| t.state.carries_traffic() && t.generation >= min)
-}
-
 /// Relayed bytes gw-a appended for gw-d.
 fn fetched(s: &BoardSnapshot) -> u64 {
-    s.peers
-        .iter()
-        .find(|p| p.name == "gw-d")
-        .and_then(|p| p.key_source.as_ref())
-        .map_or(0, |k| k.bytes_fetched)
+    source_bytes(s, "gw-d")
 }
 
 fn degraded(s: &BoardSnapshot) -> bool {
@@ -93,7 +83,7 @@ async fn relay_multipath() {
         .unwrap_or_else(|e| panic!("starting the diamond: {e}"));
     let limit = Duration::from_secs(900);
     net.wait_status(Node::A, limit, "gw-a's relayed pool to fill", |s| {
-        keyed(s, 1)
+        tunnel_keyed(s, 1)
             && s.peers.iter().any(|p| {
                 p.name == "gw-d" && p.pool.as_ref().is_some_and(|q| q.available_bytes >= 768)
             })
@@ -116,18 +106,16 @@ async fn relay_multipath() {
         Node::A,
         Duration::from_secs(seconds * 4),
         "two rekeys",
-        |s| keyed(s, first + 2),
+        |s| tunnel_keyed(s, first + 2),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", net.log_tail(Node::A, 40)));
-    let out = within(
+    let stats = within(
         Duration::from_secs(seconds * 3),
         "the pings to end",
-        pings.wait_with_output(),
+        ping_stats(pings),
     )
-    .await
-    .expect("ping");
-    let stats = parse_ping(&String::from_utf8_lossy(&out.stdout)).expect("ping summary");
+    .await;
     assert!(
         stats.transmitted > 0 && stats.received == stats.transmitted,
         "{stats:?}"

@@ -179,10 +179,12 @@ pub fn spawn_ping(ns: &str, dst: &str, count: u64, interval: &str) -> tokio::pro
 /// Pings and returns the statistics (ping exits non-zero on loss, which is
 /// a result here, not an error).
 pub async fn ping(ns: &str, dst: &str, count: u64, interval: &str) -> PingStats {
-    let out = spawn_ping(ns, dst, count, interval)
-        .wait_with_output()
-        .await
-        .expect("ping");
+    ping_stats(spawn_ping(ns, dst, count, interval)).await
+}
+
+/// Waits for a [`spawn_ping`] and returns its statistics.
+pub async fn ping_stats(child: tokio::process::Child) -> PingStats {
+    let out = child.wait_with_output().await.expect("ping");
     let text = String::from_utf8_lossy(&out.stdout);
     parse_ping(&text).unwrap_or_else(|| {
         panic!(
