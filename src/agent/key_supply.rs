@@ -156,15 +156,11 @@ impl RelaySupply {
     /// fewer only with `fallback`), and sends the shares.
     async fn send_key(&self) -> Result<KeyItem, SourceError> {
         let paths = &self.settings.paths;
-        let up: Vec<&Vec<String>> = paths
-            .iter()
-            .filter(|p| self.router.link_up(&p[1]))
-            .collect();
-        let down: Vec<String> = paths
-            .iter()
-            .filter(|p| !self.router.link_up(&p[1]))
-            .map(|p| p.join("–"))
-            .collect();
+        // One look at each first hop, so a path counts as up or down, not
+        // both.
+        let (up, down): (Vec<&Vec<String>>, Vec<&Vec<String>>) =
+            paths.iter().partition(|p| self.router.link_up(&p[1]));
+        let down: Vec<String> = down.iter().map(|p| p.join("–")).collect();
         if up.is_empty() {
             return Err(SourceError::Relay(format!(
                 "no path to {} is up: the first hop of {} is down",
