@@ -6,6 +6,7 @@ mod agent;
 pub mod check_config;
 mod demo;
 mod eve;
+mod pool_audit;
 pub mod simulate;
 mod status;
 
@@ -30,6 +31,9 @@ pub enum Command {
     CheckConfig(check_config::CheckConfig),
     /// Show the running agent's peers, tunnels and alarms.
     Status(status::StatusArgs),
+    /// Read the gateway's key pools (read only) and report every take since
+    /// the last snapshot, and any key byte used twice.
+    PoolAudit(pool_audit::PoolAuditArgs),
     /// Run a simulated QKD link (Alice and Bob in one process) and print
     /// per-block figures, or sweep distances.
     Simulate(simulate::SimulateArgs),
@@ -48,6 +52,7 @@ pub fn main() -> ExitCode {
         Command::Eve(cmd) => cmd.exec(),
         Command::CheckConfig(c) => c.exec(),
         Command::Status(args) => args.exec(),
+        Command::PoolAudit(args) => args.exec(),
         Command::Simulate(args) => args.exec(),
         Command::Demo(args) => args.exec(),
     };

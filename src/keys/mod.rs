@@ -39,6 +39,7 @@
 //! ranges) and compare [`HoldingsDigest`]s ([`agreement`]).
 
 pub mod agreement;
+pub mod audit;
 mod codec;
 pub mod persisted;
 pub mod pool;
@@ -56,6 +57,8 @@ pub use pool::{
 pub use range_set::RangeSet;
 pub use store::{POOL_KEY_CREDENTIAL, PoolKey, StoreError};
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod persisted_tests;
 #[cfg(test)]

@@ -40,7 +40,7 @@ use crate::secret::file::{
 /// within twice the changes.
 const MIN_JOURNAL_BEFORE_COMPACTION: u64 = 1 << 20;
 /// Largest journal read back; a bigger file is not one this code wrote.
-const MAX_JOURNAL_FILE: u64 = 1 << 32;
+pub(super) const MAX_JOURNAL_FILE: u64 = 1 << 32;
 
 /// A [`KeyPool`] persisted in a directory, encrypted under a [`PoolKey`].
 pub struct PersistedPool {
@@ -170,6 +170,18 @@ impl PersistedPool {
         let key = self.pool.take_at(key_ref, key_use)?;
         self.persist(JournalOp::encode_take(key_ref, key_use, false))?;
         Ok(key)
+    }
+
+    /// Test seam: journals a take of `key_ref` without the pool's check,
+    /// as damaged files or a defect would, so the audit can be shown to
+    /// catch it.
+    #[cfg(test)]
+    pub(super) fn journal_unchecked_take(
+        &mut self,
+        key_ref: &KeyRef,
+        key_use: KeyUse,
+    ) -> Result<(), StoreError> {
+        self.persist(JournalOp::encode_take(key_ref, key_use, true))
     }
 
     pub fn summary(&self) -> PoolSummary {
@@ -318,7 +330,7 @@ fn random_failed(path: &Path) -> impl FnOnce(getrandom::Error) -> StoreError + '
 
 /// Reads a whole private file (ciphertext: a plain `Vec` is fine), or `None`
 /// if it does not exist.
-fn read_private(path: &Path, max: u64) -> Result<Option<Vec<u8>>, SecretFileError> {
+pub(super) fn read_private(path: &Path, max: u64) -> Result<Option<Vec<u8>>, SecretFileError> {
     let (mut file, len) = match open_private(path) {
         Ok(x) => x,
         Err(SecretFileError::Io { source, .. })

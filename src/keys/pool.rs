@@ -137,6 +137,18 @@ impl KeyUse {
         self as usize
     }
 
+    /// Stable name, as status, metrics and the pool audit show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyUse::SaKey => "sa_key",
+            KeyUse::Auth => "auth",
+            KeyUse::Wrap => "wrap",
+            KeyUse::Application => "application",
+            KeyUse::Channel => "channel",
+            KeyUse::Relay => "relay",
+        }
+    }
+
     pub(crate) fn from_index(i: u8) -> Option<KeyUse> {
         Self::ALL.get(usize::from(i)).copied()
     }

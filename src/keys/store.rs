@@ -121,7 +121,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn corrupt(path: &Path, what: impl Into<String>) -> Self {
+    pub(super) fn corrupt(path: &Path, what: impl Into<String>) -> Self {
         StoreError::Corrupt {
             path: path.to_path_buf(),
             what: what.into(),
