@@ -313,12 +313,48 @@ async fn recv_refusal(rx: &mut Option<mpsc::Receiver<RelayRefusal>>) -> Option<R
     }
 }
 
-/// What the pool holds for keys: everything unconsumed but block 0, the
-/// bootstrap secret's tail, which authenticates and is never an SA's or an
-/// application's key (see `tunnel_task::ReservedPool`). The master fills up
-/// to `pool_target_bytes` of this.
+/// What the pool holds for keys, as the master fills it: outside block 0
+/// (the bootstrap secret's tail, which authenticates and is never an SA's
+/// or an application's key; see `tunnel_task::ReservedPool`), the smaller
+/// of the two sides' regions, doubled. Each side's own takes draw from its
+/// half of every block, so a tunnel rekeyed from one side only leaves the
+/// other half unused: gated on the total, that half alone would reach
+/// `pool_target_bytes` and stop the supply while the initiator starves.
 fn usable(pool: &PersistedPool) -> u64 {
     let p = pool.pool();
-    p.available()
-        .saturating_sub(p.available_in_block(BlockId(0), None))
+    let region = |r: Role| {
+        p.available_for(r)
+            .saturating_sub(p.available_in_block(BlockId(0), Some(r)))
+    };
+    2 * region(Role::Transmitter).min(region(Role::Receiver))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyUse, PoolKey};
+    use crate::secret::Secret;
+    use crate::secret::file::TestDir;
+
+    #[test]
+    fn the_fill_level_is_the_emptier_half_so_a_one_sided_rekeyer_never_starves() {
+        let dir = TestDir::new("usable");
+        let key = PoolKey::from_secret(Secret::<32>::from_slice(&[5; 32]).unwrap());
+        let mut pool = PersistedPool::open(dir.path(), "gw-c", Role::Transmitter, &key).unwrap();
+        pool.append(BlockId(0), SecretBytes::from_slice(&[1; 480]))
+            .unwrap();
+        assert_eq!(usable(&pool), 0, "block 0 is never counted");
+        for id in 1..=4 {
+            pool.append(BlockId(id), SecretBytes::from_slice(&[2; 256]))
+                .unwrap();
+        }
+        assert_eq!(usable(&pool), 1024);
+        // This side takes its own half of blocks 1-4 (after block 0's
+        // half); the peer's half stays whole. The total still holds 512
+        // bytes, the usable level is what this side can take: none.
+        pool.take(KeyUse::Auth, 240).unwrap();
+        pool.take(KeyUse::SaKey, 4 * 128).unwrap();
+        assert_eq!(pool.pool().available() - 240, 512);
+        assert_eq!(usable(&pool), 0);
+    }
 }
