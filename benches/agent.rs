@@ -28,7 +28,7 @@ mod scale;
 
 use std::time::{Duration, Instant};
 
-use qkd_ipsec::ops::{BoardSnapshot, summary_line};
+use qkd_ipsec::ops::{AlarmKind, BoardSnapshot, summary_line};
 use qkd_ipsec::testbed::{AgentPair, AgentPairOptions, Side};
 
 /// The agent binary cargo built for this bench (same profile).
@@ -37,6 +37,31 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_qkd-ipsec");
 /// The pair's defaults with this bench's binary.
 pub fn options(tag: &str) -> AgentPairOptions {
     AgentPairOptions::new(tag, BIN)
+}
+
+/// Panics, loudly and at once, when either agent stopped or says its pool
+/// ran dry: a bench waiting for rekeys that cannot come would only time
+/// out minutes later with less to say.
+pub fn assert_healthy(pair: &AgentPair) {
+    for side in Side::BOTH {
+        assert!(
+            pair.agent_running(side),
+            "{side}'s agent stopped:\n{}",
+            pair.log_tail(side, 30)
+        );
+        if let Ok(s) = pair.status(side) {
+            let dry = s
+                .alarms
+                .iter()
+                .any(|a| a.active && a.alarm.kind() == AlarmKind::PoolExhausted);
+            assert!(
+                !dry,
+                "{side}'s key pool ran dry, so the bench cannot go on (it seeds both pools with \
+                 `lab_seed_bytes`; raise it or lower the rekey count): {}",
+                summary_line(&s)
+            );
+        }
+    }
 }
 
 /// Polls both agents' status until `done` holds for the pair of snapshots.
@@ -48,13 +73,7 @@ pub async fn wait_until(
 ) -> (BoardSnapshot, BoardSnapshot) {
     let t0 = Instant::now();
     loop {
-        for side in Side::BOTH {
-            assert!(
-                pair.agent_running(side),
-                "{side}'s agent stopped:\n{}",
-                pair.log_tail(side, 30)
-            );
-        }
+        assert_healthy(pair);
         let (a, b) = (pair.status(Side::A), pair.status(Side::B));
         if let (Ok(a), Ok(b)) = (&a, &b)
             && done(a, b)

@@ -16,13 +16,14 @@ use qkd_ipsec::rekey::DEFAULT_SETTLE;
 use qkd_ipsec::testbed::{AgentPair, AgentPairOptions, LifetimeOptions, Side, TUNNEL_NAME};
 
 use crate::measure::{CpuWindow, LogFollower, Summary, memory, mib, report_warnings, xfrm_counts};
-use crate::{options, wait_until};
+use crate::{assert_healthy, options, wait_until};
 
 const INTERVAL: Duration = Duration::from_secs(2);
 const PING_INTERVAL: &str = "0.05";
-/// Enough pool for a few hundred rekeys of 72 bytes on the initiator's
-/// half, so QKD output only adds to it.
-const BOOTSTRAP_BYTES: usize = 32 * 1024;
+/// LAB-SEEDED pool (the same random bytes on both sides, not QKD key):
+/// enough for a few hundred rekeys of 72 bytes on the initiator's half,
+/// so QKD output only adds to it.
+const SEED_BYTES: usize = 32 * 1024;
 /// Kernel lifetimes well beyond the interval plus the agent's 5 s grace
 /// period: the defaults (soft 2 ×, hard 3 × the interval) would let the
 /// kernel delete each replaced inbound SA ~4 s into its grace period at a
@@ -39,9 +40,9 @@ const IDLE_PULSE_RATE_HZ: f64 = 1e3;
 pub async fn run(rekeys: usize) {
     println!(
         "\n== 1. rekey latency: 1 tunnel, timer rekey every {INTERVAL:?}, ping every {PING_INTERVAL} s \
-         between the hosts; pool pre-filled with a {} KiB bootstrap secret; SA lifetimes \
-         soft {} s, hard {} s (only the timer rekeys)",
-        BOOTSTRAP_BYTES / 1024,
+         between the hosts; both pools LAB-SEEDED with the same {} KiB of random bytes (not QKD \
+         key); SA lifetimes soft {} s, hard {} s (only the timer rekeys)",
+        SEED_BYTES / 1024,
         LIFETIMES.soft_seconds.unwrap_or(0),
         LIFETIMES.hard_seconds.unwrap_or(0)
     );
@@ -63,7 +64,7 @@ pub async fn run(rekeys: usize) {
 async fn measure(mut opts: AgentPairOptions, rekeys: usize) {
     opts.rekey_interval = INTERVAL;
     opts.rekey_jitter = 0.0;
-    opts.bootstrap_bytes = BOOTSTRAP_BYTES;
+    opts.lab_seed_bytes = SEED_BYTES;
     opts.lifetime = LIFETIMES;
     let pair = AgentPair::start(opts)
         .await
@@ -98,10 +99,7 @@ async fn measure(mut opts: AgentPairOptions, rekeys: usize) {
             initiator.len(),
             pair.log_tail(Side::A, 20)
         );
-        assert!(
-            pair.agent_running(Side::A) && pair.agent_running(Side::B),
-            "an agent stopped"
-        );
+        assert_healthy(&pair);
         tokio::time::sleep(Duration::from_millis(500)).await;
         for r in log_a.new_rekeys() {
             if r.tunnel == TUNNEL_NAME && r.cause == "Timer" {

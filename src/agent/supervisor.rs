@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -344,6 +345,9 @@ async fn start_peer(
         // same, so the pools start equal).
         pool.append(BlockId(0), first_block)?;
         tracing::info!(peer = %p.name, "key pool created with the bootstrap block");
+        if let Some(path) = &p.lab_seed_pool {
+            seed_pool(&mut pool, &p.name, path)?;
+        }
     }
     let pool = Arc::new(Mutex::new(pool));
     let record = gw.state_dir.join(format!("{}.channel", p.name));
@@ -381,6 +385,10 @@ async fn start_peer(
         crate::config::LinkKind::Etsi014 => crate::ops::LinkSource::Etsi014,
         crate::config::LinkKind::Relayed => crate::ops::LinkSource::Relayed,
     });
+    if p.lab_seed_pool.is_some() {
+        // Seeded at the pool's creation, this start or an earlier one.
+        reporter.set_lab_seeded();
+    }
     reporter.set_pool(&lock(&pool).status());
     let (ready_tx, ready_rx) = watch::channel(None);
     let offered = p.etsi014.is_some() || p.relay.is_some();
@@ -550,6 +558,32 @@ fn split_bootstrap(b: &SecretBytes) -> (SecretBytes, SecretBytes) {
     )
 }
 
+/// LAB ONLY: bytes per block of a seeded pool.
+const LAB_SEED_BLOCK_BYTES: usize = 64 * 1024;
+
+/// LAB ONLY (`[peer.link] lab_seed_pool`): fills a pool just created with
+/// the seed file's bytes after block 0, in blocks numbered alike on both
+/// gateways (whose files hold the same bytes), so the QKD link's blocks
+/// follow them. Runs only when the pool is created, never into a pool that
+/// exists. Those keys are as secret as the file: benches and labs only.
+fn seed_pool(pool: &mut PersistedPool, peer: &str, path: &Path) -> Result<(), AgentError> {
+    let field = format!("peer {peer}: link.lab_seed_pool");
+    let seed = load_secret_file(path).map_err(|e| setup(&field, e))?;
+    if seed.is_empty() {
+        return Err(setup(&field, format!("{} is empty", path.display())));
+    }
+    for (i, chunk) in seed.expose().chunks(LAB_SEED_BLOCK_BYTES).enumerate() {
+        pool.append(BlockId(1 + i as u64), SecretBytes::from_slice(chunk))?;
+    }
+    tracing::warn!(
+        peer,
+        path = %path.display(),
+        bytes = seed.len(),
+        "LAB ONLY: the new key pool was seeded from lab_seed_pool: those keys are as secret as that file, not QKD keys"
+    );
+    Ok(())
+}
+
 fn link_config(local: &str, p: &Peer) -> LinkConfig {
     let ch = &p.channel;
     let mut c = LinkConfig::new(local, &p.name, p.role);
@@ -691,5 +725,64 @@ fn peer_role(r: crate::keys::Role) -> PeerRole {
     match r {
         crate::keys::Role::Transmitter => PeerRole::Transmitter,
         crate::keys::Role::Receiver => PeerRole::Receiver,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::keys::{KeyUse, Role};
+    use crate::secret::Secret;
+    use crate::secret::file::TestDir;
+
+    fn pool_in(dir: &TestDir) -> PersistedPool {
+        let key = PoolKey::from_secret(Secret::<32>::from_slice(&[3; 32]).unwrap());
+        let mut pool = PersistedPool::open(dir.path(), "gw-b", Role::Transmitter, &key).unwrap();
+        pool.append(BlockId(0), SecretBytes::from_slice(&[1; 480]))
+            .unwrap();
+        pool
+    }
+
+    fn seed_file(dir: &TestDir, bytes: &[u8], mode: u32) -> std::path::PathBuf {
+        let path = dir.path().join("seed");
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_seed_fills_the_new_pool_in_numbered_blocks_after_block_0() {
+        let dir = TestDir::new("seed");
+        let mut pool = pool_in(&dir);
+        let seed: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        seed_pool(&mut pool, "gw-b", &seed_file(&dir, &seed, 0o600)).unwrap();
+        // 64 KiB + 64 KiB + the rest; the QKD link's blocks come next.
+        assert_eq!(pool.pool().block_count(), 4);
+        assert_eq!(pool.pool().next_block_id(), BlockId(4));
+        assert_eq!(pool.pool().available(), 480 + 150_000);
+        // The seed's bytes are the pool's: past the transmitter's half of
+        // block 0, its takes come from block 1.
+        pool.take(KeyUse::SaKey, 240).unwrap();
+        let (r, key) = pool.take(KeyUse::SaKey, 36).unwrap();
+        let seg = r.segments()[0];
+        assert_eq!(seg.block, BlockId(1));
+        let at = seg.offset as usize;
+        assert_eq!(key.expose(), &seed[at..at + 36]);
+    }
+
+    #[test]
+    fn an_empty_or_readable_seed_is_refused() {
+        let dir = TestDir::new("seed-bad");
+        let mut pool = pool_in(&dir);
+        let e = seed_pool(&mut pool, "gw-b", &seed_file(&dir, &[], 0o600)).unwrap_err();
+        assert!(
+            e.to_string().contains("lab_seed_pool") && e.to_string().contains("empty"),
+            "{e}"
+        );
+        let e = seed_pool(&mut pool, "gw-b", &seed_file(&dir, &[7; 64], 0o644)).unwrap_err();
+        assert!(e.to_string().contains("lab_seed_pool"), "{e}");
+        assert_eq!(pool.pool().block_count(), 1, "nothing was seeded");
     }
 }

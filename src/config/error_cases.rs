@@ -149,6 +149,13 @@ pub const ERROR_CASES: &[ErrorCase] = &[
         "only a simulated link",
     ),
     case(
+        "lab pool seed on a real device",
+        "kind = \"simulated\"",
+        "kind = \"etsi014\"\nlab_seed_pool = \"/run/seed\"",
+        "peer[0].link.lab_seed_pool",
+        "only a simulated link's pool may be seeded",
+    ),
+    case(
         "missing role",
         "role = \"transmitter\"\n",
         "",

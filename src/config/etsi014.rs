@@ -347,6 +347,7 @@ pub(super) fn refuse_simulated_settings(
     let defaults = LinkSection {
         kind: link.kind,
         lab_export_fibre_keys: link.lab_export_fibre_keys.clone(),
+        lab_seed_pool: link.lab_seed_pool.clone(),
         ..LinkSection::default()
     };
     let want = shared_fields(&defaults, &PostprocessingSection::default());

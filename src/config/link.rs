@@ -76,6 +76,16 @@ pub struct LinkSection {
     ///
     /// Example: `lab_export_fibre_keys = "/run/qkd-lab/fibre.keys"`
     pub lab_export_fibre_keys: Option<PathBuf>,
+    /// LAB ONLY. When the pool with this peer is created (first start),
+    /// fill it with the bytes of this 0600 file after the bootstrap block,
+    /// in blocks of 64 KiB. Both gateways must name files with the same
+    /// bytes. Those keys are only as secret as the file: they let a bench
+    /// or a lab start with full pools instead of waiting for the simulated
+    /// link. Never seeds again once the pool exists; `status` marks the
+    /// pool. Only with `kind = "simulated"`; unset by default.
+    ///
+    /// Example: `lab_seed_pool = "/run/qkd-lab/seed-gw-b"`
+    pub lab_seed_pool: Option<PathBuf>,
     /// Fibre length between the gateways (km). Default 25.
     ///
     /// Example: `length_km = 25.0`
@@ -140,6 +150,7 @@ impl Default for LinkSection {
         Self {
             kind: None,
             lab_export_fibre_keys: None,
+            lab_seed_pool: None,
             length_km: gys.fibre.length_km,
             attenuation_db_per_km: gys.fibre.attenuation_db_per_km,
             insertion_loss_db: gys.fibre.insertion_loss_db,

@@ -248,6 +248,8 @@ pub struct Peer {
     pub relay: Option<Relay>,
     /// Lab only: the fibre-key export file (anchored to the config file).
     pub lab_export_fibre_keys: Option<PathBuf>,
+    /// Lab only: the seed file of a new pool (anchored to the config file).
+    pub lab_seed_pool: Option<PathBuf>,
     pub link: LinkSection,
     pub postprocessing: PostprocessingSection,
     pub channel: ChannelSection,
@@ -355,6 +357,7 @@ impl PeerSection {
             .lab_export_fibre_keys
             .as_deref()
             .map(|p| anchor(base, p));
+        let lab_seed_pool = self.link.lab_seed_pool.as_deref().map(|p| anchor(base, p));
         Some(Peer {
             name,
             address: self.address,
@@ -367,6 +370,7 @@ impl PeerSection {
             etsi014,
             relay,
             lab_export_fibre_keys,
+            lab_seed_pool,
             link: self.link,
             postprocessing: self.postprocessing,
             channel: self.channel,
@@ -434,30 +438,45 @@ fn check_kind(
         }
         present
     };
+    // The lab stand-ins of a simulated link: warned about there, refused
+    // on a real or relayed link.
+    let lab_fields = [
+        (
+            "lab_export_fibre_keys",
+            link.lab_export_fibre_keys.as_deref(),
+            "the agent writes this link's fibre keys to",
+            "whoever reads it can read every key the link makes (for `qkd-ipsec eve \
+             --fibre-keys`)",
+            "only a simulated link has a fibre stream to export keys of",
+        ),
+        (
+            "lab_seed_pool",
+            link.lab_seed_pool.as_deref(),
+            "the new pool is filled with the bytes of",
+            "those keys are as secret as that file, not QKD keys (for benches and labs)",
+            "only a simulated link's pool may be seeded from a file",
+        ),
+    ];
     match kind {
         LinkKind::Simulated => {
-            if let Some(p) = &link.lab_export_fibre_keys {
-                f.warn(
-                    format!("{prefix}.link.lab_export_fibre_keys"),
-                    format!(
-                        "LAB ONLY: the agent writes this link's fibre keys to {}; whoever reads \
-                         it can read every key the link makes (for `qkd-ipsec eve --fibre-keys`)",
-                        p.display()
-                    ),
-                );
+            for (field, p, does, risk, _) in lab_fields {
+                if let Some(p) = p {
+                    f.warn(
+                        format!("{prefix}.link.{field}"),
+                        format!("LAB ONLY: {does} {}; {risk}", p.display()),
+                    );
+                }
             }
         }
         LinkKind::Etsi014 | LinkKind::Relayed => {
-            if link.lab_export_fibre_keys.is_some() {
-                ok = false;
-                f.error(
-                    format!("{prefix}.link.lab_export_fibre_keys"),
-                    format!(
-                        "only a simulated link has a fibre stream to export keys of; \
-                         remove it with kind = \"{}\"",
-                        kind.name()
-                    ),
-                );
+            for (field, p, _, _, only) in lab_fields {
+                if p.is_some() {
+                    ok = false;
+                    f.error(
+                        format!("{prefix}.link.{field}"),
+                        format!("{only}; remove it with kind = \"{}\"", kind.name()),
+                    );
+                }
             }
             let what = if kind == LinkKind::Etsi014 {
                 "the [peer.etsi014] section (the QKD device's ETSI GS QKD 014 key-delivery \

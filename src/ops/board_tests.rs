@@ -466,3 +466,36 @@ fn simulated_eavesdropper_raises_and_honest_link_clears_the_qber_alarm() {
         "{last:?}"
     );
 }
+
+#[test]
+fn a_lab_seeded_pool_is_named_beside_the_links_own_caveat() {
+    use crate::ops::snapshot::{LAB_SEEDED_POOL_CAVEAT, LinkSource, SIMULATED_LINK_CAVEAT};
+    let (board, _) = board_with_clock();
+    let simulated = board.register_peer("gw-b", PeerRole::Transmitter);
+    let real = board.register_peer("gw-c", PeerRole::Transmitter);
+    real.set_source(LinkSource::Etsi014);
+    let caveats = |board: &StatusBoard| -> Vec<Option<String>> {
+        board
+            .snapshot()
+            .peers
+            .iter()
+            .map(|p| p.caveat.clone())
+            .collect()
+    };
+    assert_eq!(
+        caveats(&board),
+        vec![Some(SIMULATED_LINK_CAVEAT.to_string()), None]
+    );
+    simulated.set_lab_seeded();
+    real.set_lab_seeded();
+    let c = caveats(&board);
+    let s = c[0].as_deref().unwrap();
+    assert!(
+        s.starts_with(SIMULATED_LINK_CAVEAT) && s.ends_with(LAB_SEEDED_POOL_CAVEAT),
+        "{s}"
+    );
+    assert_eq!(c[1].as_deref(), Some(LAB_SEEDED_POOL_CAVEAT));
+    // The text view shows it with the link.
+    let text = crate::ops::render_text(&board.snapshot());
+    assert!(text.contains("LAB-SEEDED pool"), "{text}");
+}

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use super::alarm::{Alarm, AlarmKind, AuthSource, QberBasis};
 use super::alarm_desk::AlarmDesk;
 use super::snapshot::{
-    CauseCount, ChannelSnapshot, ChannelState, KeySourceSnapshot, LastBlock, LinkSource, PeerRole,
-    PeerSnapshot, PoolSnapshot, QkdSnapshot, UseBytes,
+    CauseCount, ChannelSnapshot, ChannelState, KeySourceSnapshot, LAB_SEEDED_POOL_CAVEAT,
+    LastBlock, LinkSource, PeerRole, PeerSnapshot, PoolSnapshot, QkdSnapshot, UseBytes,
 };
 use super::unix_ms;
 use super::write;
@@ -37,6 +37,8 @@ pub(crate) struct PeerEntry {
     name: String,
     role: PeerRole,
     source: LinkSource,
+    /// The pool was filled from a lab seed file (`lab_seed_pool`).
+    lab_seeded: bool,
     registered_at: SystemTime,
     channel: ChannelSnapshot,
     blocks_ok: u64,
@@ -56,6 +58,7 @@ impl PeerEntry {
             // The only kind an agent runs today; the agent sets it anyway
             // (`PeerReporter::set_source`), and erring this way over-warns.
             source: LinkSource::Simulated,
+            lab_seeded: false,
             registered_at: now,
             channel: ChannelSnapshot {
                 state: ChannelState::Unknown,
@@ -104,7 +107,11 @@ impl PeerEntry {
             name: self.name.clone(),
             role: self.role,
             source: self.source,
-            caveat: self.source.caveat().map(str::to_string),
+            caveat: match (self.source.caveat(), self.lab_seeded) {
+                (Some(c), true) => Some(format!("{c}; {LAB_SEEDED_POOL_CAVEAT}")),
+                (None, true) => Some(LAB_SEEDED_POOL_CAVEAT.to_string()),
+                (c, false) => c.map(str::to_string),
+            },
             channel: self.channel.clone(),
             qkd: QkdSnapshot {
                 blocks_ok: self.blocks_ok,
@@ -122,14 +129,7 @@ impl PeerEntry {
 
 /// Stable names of key uses for status and metrics labels.
 pub fn key_use_name(u: KeyUse) -> &'static str {
-    match u {
-        KeyUse::SaKey => "sa_key",
-        KeyUse::Auth => "auth",
-        KeyUse::Wrap => "wrap",
-        KeyUse::Application => "application",
-        KeyUse::Channel => "channel",
-        KeyUse::Relay => "relay",
-    }
+    u.name()
 }
 
 /// What an update decided about alarms, applied after the entry lock is
@@ -156,6 +156,12 @@ impl PeerReporter {
     /// Where the link's keys come from (the config's `[peer.link] kind`).
     pub fn set_source(&self, source: LinkSource) {
         write(&self.entry).source = source;
+    }
+
+    /// Marks the pool as (partly) filled from a lab seed file: every view
+    /// of the link says so ([`LAB_SEEDED_POOL_CAVEAT`]).
+    pub fn set_lab_seeded(&self) {
+        write(&self.entry).lab_seeded = true;
     }
 
     /// Declares the link's ETSI 014 key source (`role`: "master" or

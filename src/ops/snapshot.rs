@@ -101,6 +101,10 @@ pub const RELAYED_LINK_CAVEAT: &str = "RELAYED keys: the trusted relays on a pat
     them (multipath: only relays on every path together), and they are only as secret as the \
     QKD links they crossed (simulated hops make them simulated-grade)";
 
+/// What every view of a link says whose pool was seeded from a file.
+pub const LAB_SEEDED_POOL_CAVEAT: &str = "LAB-SEEDED pool: part of its key came from a seed \
+    file (lab_seed_pool), as secret as that file, not QKD key";
+
 /// What every view of a simulated link says about its keys.
 pub const SIMULATED_LINK_CAVEAT: &str = "SIMULATED link: its keys are only as secret as the peer \
     channel's classical keys (bootstrap secret, HMAC channel keys), not quantum-secure";

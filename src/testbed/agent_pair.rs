@@ -124,7 +124,12 @@ impl AgentPair {
     pub fn written_files(&self) -> Vec<PathBuf> {
         self.files
             .iter()
-            .flat_map(|f| [f.config.clone(), f.pool_key.clone(), f.bootstrap.clone()])
+            .flat_map(|f| {
+                let seed = (self.opts.lab_seed_bytes > 0).then(|| f.lab_seed.clone());
+                [f.config.clone(), f.pool_key.clone(), f.bootstrap.clone()]
+                    .into_iter()
+                    .chain(seed)
+            })
             .collect()
     }
 
@@ -132,12 +137,18 @@ impl AgentPair {
         ensure_private_dir(&self.root)?;
         self.write_pki()?;
         let bootstrap = random_secret(self.opts.bootstrap_bytes)?;
+        let seed = (self.opts.lab_seed_bytes > 0)
+            .then(|| random_secret(self.opts.lab_seed_bytes))
+            .transpose()?;
         for side in Side::BOTH {
             let f = self.files(side);
             ensure_private_dir(&f.dir)?;
             ensure_private_dir(&f.state_dir)?;
             write_secret_file(&f.pool_key, &random_secret(32)?)?;
             write_secret_file(&f.bootstrap, &bootstrap)?;
+            if let Some(seed) = &seed {
+                write_secret_file(&f.lab_seed, seed)?;
+            }
             self.write_config(side)?;
         }
         Ok(())

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::pair_config::LifetimeOptions;
-use crate::config::OnStop;
+use crate::config::{Keying, OnStop};
 use crate::xfrm::Prefix;
 
 /// A TOML basic string.
@@ -66,6 +66,8 @@ pub(super) struct SimulatedLink<'a> {
     pub block_sifted_bits: usize,
     /// Where the transmitter exports its fibre keys for Eve, if she runs.
     pub lab_export_fibre_keys: Option<&'a Path>,
+    /// LAB ONLY: the seed file of a new pool, for benches.
+    pub lab_seed_pool: Option<&'a Path>,
 }
 
 impl SimulatedLink<'_> {
@@ -77,6 +79,9 @@ impl SimulatedLink<'_> {
         line("kind = \"simulated\"".into());
         if let Some(path) = self.lab_export_fibre_keys {
             line(format!("lab_export_fibre_keys = {}", path_str(path)));
+        }
+        if let Some(path) = self.lab_seed_pool {
+            line(format!("lab_seed_pool = {}", path_str(path)));
         }
         line(format!("length_km = {:?}", self.length_km));
         line("intensities = [0.6, 0.2, 0.0]".into());
@@ -99,8 +104,8 @@ pub(super) fn render_channel(backoff_max: Duration, line: &mut impl FnMut(String
     line(String::new());
 }
 
-/// A `[[tunnel]]` between two sites, keyed directly from `peer`'s pool,
-/// with its `[tunnel.lifetime]`.
+/// A `[[tunnel]]` between two sites, keyed from `peer`'s pool, with its
+/// `[tunnel.lifetime]`.
 pub(super) struct TunnelSection<'a> {
     pub name: &'a str,
     pub peer: &'a str,
@@ -108,6 +113,7 @@ pub(super) struct TunnelSection<'a> {
     pub remote_site: Prefix,
     pub local_endpoint: IpAddr,
     pub remote_endpoint: IpAddr,
+    pub keying: Keying,
     pub rekey_interval: Duration,
     pub rekey_jitter: f64,
     pub lifetime: &'a LifetimeOptions,
@@ -135,7 +141,7 @@ impl TunnelSection<'_> {
             quoted(&self.remote_endpoint.to_string())
         ));
         line("mode = \"tunnel\"".into());
-        line("keying = \"direct\"".into());
+        line(format!("keying = {}", quoted(self.keying.name())));
         line(format!(
             "rekey_interval = {}",
             duration_str(self.rekey_interval)

@@ -21,7 +21,7 @@ use super::config_sections::{
 };
 use super::network::{Channel, ChannelKind, Node, Topology};
 use super::pair_config::{AgentPairOptions, LifetimeOptions, PEER_PORT};
-use crate::config::{OnStop, RelayMode};
+use crate::config::{Keying, OnStop, RelayMode};
 
 /// The longest wait between attempts to relay keys.
 pub const RELAY_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -58,6 +58,8 @@ pub struct NetworkOptions {
     /// The simulated links' pulse rate.
     pub pulse_rate_hz: f64,
     pub rekey_interval: Duration,
+    /// How the tunnel between the sites makes SA keys from relayed keys.
+    pub keying: Keying,
     /// Fraction of the interval by which a rekey may come early (0 = exact).
     pub rekey_jitter: f64,
     /// Lifetimes of the tunnel between the sites.
@@ -93,6 +95,7 @@ impl NetworkOptions {
             block_sifted_bits: pair.block_sifted_bits,
             pulse_rate_hz: pair.pulse_rate_hz,
             rekey_interval: pair.rekey_interval,
+            keying: Keying::Direct,
             rekey_jitter: pair.rekey_jitter,
             lifetime: pair.lifetime,
             on_stop: pair.on_stop,
@@ -241,6 +244,7 @@ fn render_peer(
             pulse_rate_hz: opts.pulse_rate_hz,
             block_sifted_bits: opts.block_sifted_bits,
             lab_export_fibre_keys: None,
+            lab_seed_pool: None,
         }
         .render(line),
         ChannelKind::Relayed => render_relay(opts, line),
@@ -280,6 +284,7 @@ fn render_site_tunnel(node: Node, opts: &NetworkOptions, line: &mut impl FnMut(S
         remote_site: site(other),
         local_endpoint: node.wan_addr(),
         remote_endpoint: other.wan_addr(),
+        keying: opts.keying,
         rekey_interval: opts.rekey_interval,
         rekey_jitter: opts.rekey_jitter,
         lifetime: &opts.lifetime,
@@ -447,6 +452,7 @@ mod tests {
         opts.relay_pool_target_bytes = 1234;
         opts.relay_at_ends = true;
         opts.lifetime.hard_packets = Some(10_000);
+        opts.keying = Keying::Wrapped;
         let configs = render_all(&opts);
         for (node, cfg) in &configs {
             assert_eq!(cfg["network"]["relay"].as_bool(), Some(true), "{node}");
@@ -466,6 +472,7 @@ mod tests {
         );
         let tunnel = a["tunnel"][0].as_table().unwrap();
         assert_eq!(str_at(tunnel, "name"), "site-a-site-d");
+        assert_eq!(str_at(tunnel, "keying"), "wrapped");
         assert_eq!(
             tunnel["lifetime"]["hard_packets"].as_integer(),
             Some(10_000)

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::OnStop;
+use crate::config::{Keying, OnStop};
 use crate::tls::TlsFiles;
 
 use super::Testbed;
@@ -156,6 +156,11 @@ pub struct AgentPairOptions {
     /// Length of the shared bootstrap secret (at least
     /// [`crate::config::MIN_BOOTSTRAP_SECRET_BYTES`]).
     pub bootstrap_bytes: usize,
+    /// LAB ONLY: fill both new pools with this many identical random bytes
+    /// (`[peer.link] lab_seed_pool`, at most 1 MiB), so that a bench starts
+    /// with full pools instead of waiting for the simulated link; status
+    /// marks the pools as lab-seeded. 0 (the default): no seed.
+    pub lab_seed_bytes: usize,
     /// `QKD_IPSEC_LOG` for the agents (tracing EnvFilter syntax).
     pub log_filter: String,
     /// Peer-channel reconnect backoff cap: short, so that a restarted agent
@@ -167,8 +172,8 @@ pub struct AgentPairOptions {
     /// [`super::MAX_BULK_TUNNELS`].
     pub bulk_tunnels: usize,
     /// The simulated link's pulse rate. A low rate idles the QKD link, for
-    /// benches that pre-fill the pool with a long bootstrap secret and
-    /// want the tunnels' own cost.
+    /// benches that seed the pools (`lab_seed_bytes`) and want the
+    /// tunnels' own cost.
     pub pulse_rate_hz: f64,
     /// Serve keys to applications (see [`KmeOptions`]).
     pub kme: Option<KmeOptions>,
@@ -193,6 +198,7 @@ impl AgentPairOptions {
             on_stop: OnStop::Keep,
             eve: None,
             bootstrap_bytes: 512,
+            lab_seed_bytes: 0,
             log_filter: "info".to_string(),
             backoff_max: Duration::from_secs(2),
             bulk_tunnels: 0,
@@ -216,6 +222,9 @@ pub struct GatewayFiles {
     pub log: PathBuf,
     /// The transmitter's lab export of fibre keys, when Eve is configured.
     pub fibre_keys: PathBuf,
+    /// LAB ONLY: the pool seed, when `lab_seed_bytes` is set (the same
+    /// bytes on both sides).
+    pub lab_seed: PathBuf,
     /// The KME's server identity, when the agents serve keys.
     pub kme: TlsFiles,
 }
@@ -231,6 +240,7 @@ impl GatewayFiles {
             status_socket: dir.join("status.sock"),
             log: dir.join("agent.log"),
             fibre_keys: dir.join("fibre.keys"),
+            lab_seed: dir.join(format!("lab-seed-{}", side.other().gateway_name())),
             kme: TlsFiles {
                 ca: lab_ca_file(root),
                 cert: pki_dir(root).join(format!("kme-{}.pem", side.gateway_name())),
@@ -336,6 +346,7 @@ pub(crate) fn render_config(
             // Only the transmitter exports: Eve attacks with its keys.
             lab_export_fibre_keys: (side == Side::A && opts.eve.is_some())
                 .then_some(files.fibre_keys.as_path()),
+            lab_seed_pool: (opts.lab_seed_bytes > 0).then_some(files.lab_seed.as_path()),
         }
         .render(&mut line);
     }
@@ -347,6 +358,7 @@ pub(crate) fn render_config(
         remote_site: peer.site,
         local_endpoint: me.wan,
         remote_endpoint: peer.wan,
+        keying: Keying::Direct,
         rekey_interval: opts.rekey_interval,
         rekey_jitter: opts.rekey_jitter,
         lifetime: &opts.lifetime,
@@ -500,6 +512,25 @@ mod tests {
             Some(GatewayFiles::under(root, Side::A).fibre_keys.as_path())
         );
         assert_eq!(b.peers[0].lab_export_fibre_keys, None);
+    }
+
+    #[test]
+    fn a_lab_seed_is_named_on_both_sides_only_when_asked_for() {
+        let mut opts = AgentPairOptions::new("t", "/bin/true");
+        let (a, b) = both(&opts);
+        assert_eq!(
+            (&a.peers[0].lab_seed_pool, &b.peers[0].lab_seed_pool),
+            (&None, &None)
+        );
+        opts.lab_seed_bytes = 4096;
+        let (a, b) = both(&opts);
+        let root = Path::new("/nonexistent/qkd-pair");
+        for (cfg, side) in [(&a, Side::A), (&b, Side::B)] {
+            assert_eq!(
+                cfg.peers[0].lab_seed_pool.as_deref(),
+                Some(GatewayFiles::under(root, side).lab_seed.as_path())
+            );
+        }
     }
 
     #[test]
