@@ -46,8 +46,18 @@ pub fn link(s: &BoardSnapshot) -> &PeerSnapshot {
 
 /// Pool bytes consumed for `key_use` (`"sa_key"`, `"auth"`, ...).
 pub fn consumed(s: &BoardSnapshot, key_use: &str) -> u64 {
-    link(s).pool.as_ref().map_or(0, |p| {
-        p.consumed
+    pool_use(s, &link(s).name, key_use)
+}
+
+/// Bytes of `s`'s pool with `peer` consumed for `key_use`.
+pub fn pool_use(s: &BoardSnapshot, peer: &str, key_use: &str) -> u64 {
+    let p = s
+        .peers
+        .iter()
+        .find(|p| p.name == peer)
+        .unwrap_or_else(|| panic!("{} has no peer {peer}", s.gateway));
+    p.pool.as_ref().map_or(0, |pool| {
+        pool.consumed
             .iter()
             .filter(|u| u.key_use == key_use)
             .map(|u| u.bytes)
@@ -160,6 +170,26 @@ impl KernelSa {
     pub fn id(&self) -> (IpAddr, IpAddr, u32) {
         (self.src, self.dst, self.spi)
     }
+}
+
+/// Compares the key of every SA both namespaces hold (same addresses and
+/// SPI); panics naming the SA on a difference and returns how many were
+/// compared. `when` says at which point of the test.
+pub async fn same_sa_keys(ns_x: &str, ns_y: &str, when: &str) -> usize {
+    let ys = kernel_sas(ns_y).await;
+    let mut compared = 0;
+    for sa in kernel_sas(ns_x).await {
+        let twin = ys.iter().find(|y| y.id() == sa.id());
+        if let (Some(k), Some(Some(t))) = (&sa.key, twin.map(|t| &t.key)) {
+            assert!(
+                k.ct_eq(t),
+                "SA {:?} has different keys in {ns_x} and {ns_y} {when}",
+                sa.id()
+            );
+            compared += 1;
+        }
+    }
+    compared
 }
 
 /// Every SA of `ns`, keys included (read from `ip xfrm state`, which prints

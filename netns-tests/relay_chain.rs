@@ -18,7 +18,9 @@ use qkd_ipsec::ops::BoardSnapshot;
 use qkd_ipsec::relay::pad_len;
 use qkd_ipsec::testbed::{AgentNetwork, NetworkOptions, Node, Topology};
 
-use crate::agent_support::{BIN, kernel_sas, source_bytes, tunnel, tunnel_keyed, wan_filter_for};
+use crate::agent_support::{
+    BIN, pool_use, same_sa_keys, source_bytes, tunnel, tunnel_keyed, wan_filter_for,
+};
 use crate::support::*;
 
 /// Five rekeys in under two minutes, slow enough that the emulated QKD
@@ -32,22 +34,6 @@ const REKEYS: u64 = 5;
 const KEY_BYTES: u32 = 256;
 /// The chain's two sites.
 const SITES: &str = "10.1.0.0/24, 10.3.0.0/24";
-
-/// Pool bytes consumed for `key_use` on `node`'s link to `peer`.
-fn used(s: &BoardSnapshot, peer: &str, key_use: &str) -> u64 {
-    let p = s
-        .peers
-        .iter()
-        .find(|p| p.name == peer)
-        .unwrap_or_else(|| panic!("{} has no peer {peer}", s.gateway));
-    p.pool.as_ref().map_or(0, |pool| {
-        pool.consumed
-            .iter()
-            .filter(|u| u.key_use == key_use)
-            .map(|u| u.bytes)
-            .sum()
-    })
-}
 
 fn relay_link<'a>(s: &'a BoardSnapshot, link: &str) -> &'a qkd_ipsec::ops::RelayLinkSnapshot {
     s.relay
@@ -71,19 +57,19 @@ fn accounting_mismatches(a: &BoardSnapshot, b: &BoardSnapshot, c: &BoardSnapshot
         ),
         (
             "gw-a's relay use of its pool with gw-b = shares sent × (share + 32)",
-            used(a, "gw-b", "relay") == a_sent.sent_shares_total * per_share,
+            pool_use(a, "gw-b", "relay") == a_sent.sent_shares_total * per_share,
         ),
         (
             "hop gw-a–gw-b: the same relay bytes on both ends",
-            used(a, "gw-b", "relay") == used(b, "gw-a", "relay"),
+            pool_use(a, "gw-b", "relay") == pool_use(b, "gw-a", "relay"),
         ),
         (
             "hop gw-b–gw-c: the same relay bytes on both ends",
-            used(b, "gw-c", "relay") == used(c, "gw-b", "relay"),
+            pool_use(b, "gw-c", "relay") == pool_use(c, "gw-b", "relay"),
         ),
         (
             "gw-b's relay use of its pool with gw-c = shares sent × (share + 32)",
-            used(b, "gw-c", "relay") == b_to_c.sent_shares_total * per_share,
+            pool_use(b, "gw-c", "relay") == b_to_c.sent_shares_total * per_share,
         ),
         (
             "gw-b received what gw-a sent",
@@ -126,8 +112,10 @@ async fn relay_chain() {
     let mut opts = NetworkOptions::new("relay", BIN, Topology::Chain);
     opts.rekey_interval = REKEY;
     opts.relay_key_bytes = KEY_BYTES;
-    opts.relay_pool_target_bytes = 4096;
-    let net = AgentNetwork::start(opts)
+    // A small reserve, so that `relay_faults` can spend it while the
+    // relay is down and show the tunnel failing closed.
+    opts.relay_pool_target_bytes = 1024;
+    let mut net = AgentNetwork::start(opts)
         .await
         .unwrap_or_else(|e| panic!("starting the chain: {e}"));
     for node in [Node::A, Node::B, Node::C] {
@@ -200,19 +188,12 @@ async fn relay_chain() {
 
     // The same key for every SA in both kernels (ESP between gw-a and
     // gw-c, keyed from relayed keys), at least two SAs.
-    let sas_a = kernel_sas(net.netns_name(Node::A)).await;
-    let sas_c = kernel_sas(net.netns_name(Node::C)).await;
-    let mut compared = 0;
-    for sa in sas_a.iter().filter(|s| s.key.is_some()) {
-        if let Some(twin) = sas_c.iter().find(|c| c.id() == sa.id() && c.key.is_some()) {
-            assert!(
-                sa.key.as_ref().unwrap().ct_eq(twin.key.as_ref().unwrap()),
-                "SA {:?} has different keys on gw-a and gw-c",
-                sa.id()
-            );
-            compared += 1;
-        }
-    }
+    let compared = same_sa_keys(
+        net.netns_name(Node::A),
+        net.netns_name(Node::C),
+        "through relayed-key rekeys",
+    )
+    .await;
     assert!(compared >= 2, "only {compared} SAs held on both ends");
 
     // Nothing in clear between the sites on any WAN; ESP did arrive.
@@ -260,6 +241,6 @@ async fn relay_chain() {
         fetched(&a)
     );
     // The faults, on the same agents (see `relay_faults`).
-    crate::relay_faults::kill_the_relay(&net).await;
+    crate::relay_faults::kill_the_relay(&mut net).await;
     net.teardown().unwrap_or_else(|e| panic!("teardown: {e}"));
 }
