@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use qkd_ipsec::testbed::{AgentPair, KmeOptions, Side};
+use qkd_ipsec::testbed::{AgentNetwork, AgentPair, KmeOptions, Node, Side};
+use qkd_ipsec::tls::TlsFiles;
 
 use crate::agent_support::*;
 use crate::support::*;
@@ -56,25 +57,132 @@ pub struct PrintedKey {
     pub fingerprint: String,
 }
 
-/// The KME options every example SAE takes: `side`'s KME as its host
-/// reaches it, and `sae_id`'s lab identity.
-pub fn kme_args(pair: &AgentPair, side: Side, sae_id: &str) -> Vec<String> {
-    let tls = pair.sae_tls(sae_id);
-    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
-    vec![
-        "--url".into(),
-        pair.kme_url(side),
-        "--ca".into(),
-        path(&tls.ca),
-        "--cert".into(),
-        path(&tls.cert),
-        "--key".into(),
-        path(&tls.key),
-    ]
+/// An SAE as the example programs run it: in the namespace of the host
+/// behind a gateway, against that gateway's KME, with its lab identity.
+pub struct SaeAt {
+    pub sae_id: String,
+    /// The host's namespace.
+    pub host: String,
+    pub url: String,
+    pub tls: TlsFiles,
 }
 
-/// `program` (an example) in the namespace of the host behind `side`, with
-/// `before` + [`kme_args`] + `after` as arguments.
+impl SaeAt {
+    /// `sae_id` on the host behind `side` of a pair.
+    pub fn pair(pair: &AgentPair, side: Side, sae_id: &str) -> Self {
+        let host = match side {
+            Side::A => &pair.bed().host_a.name,
+            Side::B => &pair.bed().host_b.name,
+        };
+        Self {
+            sae_id: sae_id.to_string(),
+            host: host.clone(),
+            url: pair.kme_url(side),
+            tls: pair.sae_tls(sae_id),
+        }
+    }
+
+    /// The SAE on the site behind an end `node` of a network.
+    pub fn network(net: &AgentNetwork, node: Node) -> Self {
+        let site = net
+            .network()
+            .gateway(node)
+            .site
+            .as_ref()
+            .expect("an end's site");
+        let sae_id = node.sae_id();
+        Self {
+            host: site.host.name.clone(),
+            url: net.kme_url(node),
+            tls: net.sae_tls(&sae_id),
+            sae_id,
+        }
+    }
+
+    /// The KME options every example SAE takes.
+    fn kme_args(&self) -> Vec<String> {
+        let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
+        vec![
+            "--url".into(),
+            self.url.clone(),
+            "--ca".into(),
+            path(&self.tls.ca),
+            "--cert".into(),
+            path(&self.tls.cert),
+            "--key".into(),
+            path(&self.tls.key),
+        ]
+    }
+
+    /// `program` (an example) in the host's namespace, with `before` + the
+    /// KME options + `after` as arguments.
+    pub fn command(
+        &self,
+        program: &str,
+        before: &[&str],
+        after: &[&str],
+    ) -> tokio::process::Command {
+        let kme = self.kme_args();
+        let args: Vec<&str> = before
+            .iter()
+            .copied()
+            .chain(kme.iter().map(String::as_str))
+            .chain(after.iter().copied())
+            .collect();
+        let bin = example(program);
+        let mut c = in_netns(&self.host, bin.to_str().expect("UTF-8 path"), &args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs `etsi014_sae` with `call`.
+    pub async fn run(&self, call: &[&str]) -> Output {
+        let mut c = self.command("etsi014_sae", &[], call);
+        within(Duration::from_secs(60), "the SAE program", c.output())
+            .await
+            .expect("run etsi014_sae")
+    }
+
+    /// Like [`Self::run`], but the call must succeed; returns the keys
+    /// printed.
+    pub async fn keys(&self, call: &[&str]) -> Vec<PrintedKey> {
+        let out = self.run(call).await;
+        assert!(
+            out.status.success(),
+            "{} at {}: {call:?} failed: {}",
+            self.sae_id,
+            self.url,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("key ")?.split(' ');
+                Some(PrintedKey {
+                    id: w.next()?.to_string(),
+                    fingerprint: w.next()?.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Like [`Self::run`], but the call must fail; returns its stderr.
+    pub async fn refused(&self, call: &[&str]) -> String {
+        let out = self.run(call).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "{} at {}: {call:?} succeeded but must be refused: {}",
+            self.sae_id,
+            self.url,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+    }
+}
+
+/// `program` in the namespace of the host behind `side`, as `sae_id`
+/// against `side`'s KME (see [`SaeAt::command`]).
 pub fn sae_command(
     pair: &AgentPair,
     side: Side,
@@ -83,67 +191,27 @@ pub fn sae_command(
     before: &[&str],
     after: &[&str],
 ) -> tokio::process::Command {
-    let host = match side {
-        Side::A => &pair.bed().host_a.name,
-        Side::B => &pair.bed().host_b.name,
-    };
-    let kme = kme_args(pair, side, sae_id);
-    let args: Vec<&str> = before
-        .iter()
-        .copied()
-        .chain(kme.iter().map(String::as_str))
-        .chain(after.iter().copied())
-        .collect();
-    let bin = example(program);
-    let mut c = in_netns(host, bin.to_str().expect("UTF-8 path"), &args);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    c
+    SaeAt::pair(pair, side, sae_id).command(program, before, after)
 }
 
-/// Runs `etsi014_sae` in the namespace of the host behind `side`, as the
-/// SAE `sae_id`, against `side`'s KME.
+/// Runs `etsi014_sae` as `sae_id` behind `side` ([`SaeAt::run`]).
 pub async fn sae(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> Output {
-    let mut c = sae_command(pair, side, sae_id, "etsi014_sae", &[], call);
-    within(Duration::from_secs(60), "the SAE program", c.output())
-        .await
-        .expect("run etsi014_sae")
+    SaeAt::pair(pair, side, sae_id).run(call).await
 }
 
-/// Like [`sae`], but the call must succeed; returns the keys printed.
+/// [`SaeAt::keys`] for `sae_id` behind `side`.
 pub async fn sae_keys(
     pair: &AgentPair,
     side: Side,
     sae_id: &str,
     call: &[&str],
 ) -> Vec<PrintedKey> {
-    let out = sae(pair, side, sae_id, call).await;
-    assert!(
-        out.status.success(),
-        "{sae_id} at {side}'s KME: {call:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.strip_prefix("key ")?.split(' ');
-            Some(PrintedKey {
-                id: w.next()?.to_string(),
-                fingerprint: w.next()?.to_string(),
-            })
-        })
-        .collect()
+    SaeAt::pair(pair, side, sae_id).keys(call).await
 }
 
-/// Like [`sae`], but the call must fail; returns its stderr.
+/// [`SaeAt::refused`] for `sae_id` behind `side`.
 pub async fn sae_refused(pair: &AgentPair, side: Side, sae_id: &str, call: &[&str]) -> String {
-    let out = sae(pair, side, sae_id, call).await;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "{sae_id} at {side}'s KME: {call:?} succeeded but must be refused: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    stderr
+    SaeAt::pair(pair, side, sae_id).refused(call).await
 }
 
 /// Keys the KME delivered to `sae` (`call`: "enc" or "dec"), from status.

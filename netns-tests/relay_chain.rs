@@ -9,8 +9,9 @@
 //! for relaying matches byte for byte on its two ends and equals the
 //! shares the relay counted times (share + tag key); gw-b relayed on (or,
 //! short of key on its next hop, refused) every share it received and
-//! kept none. Then, on the same agents,
-//! the relay is killed mid-relay (`relay_faults`).
+//! kept none; the ends' KMEs serve the same relayed keys to the SAEs on
+//! their sites (enc_keys at gw-a, dec_keys at gw-c). Then, on the same
+//! agents, the relay is killed mid-relay (`relay_faults`).
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use qkd_ipsec::testbed::{AgentNetwork, NetworkOptions, Node, Topology};
 use crate::agent_support::{
     BIN, pool_use, same_sa_keys, source_bytes, tunnel, tunnel_keyed, wan_filter_for,
 };
+use crate::kme_support::{SaeAt, kme_delivered};
 use crate::support::*;
 
 /// Five rekeys in under two minutes, slow enough that the emulated QKD
@@ -115,6 +117,7 @@ async fn relay_chain() {
     // A small reserve, so that `relay_faults` can spend it while the
     // relay is down and show the tunnel failing closed.
     opts.relay_pool_target_bytes = 1024;
+    opts.kme = true;
     let mut net = AgentNetwork::start(opts)
         .await
         .unwrap_or_else(|e| panic!("starting the chain: {e}"));
@@ -240,6 +243,28 @@ async fn relay_chain() {
         fetched(&c),
         fetched(&a)
     );
+    // The relayed keys serve applications as well: sae-a takes keys for
+    // sae-c from gw-a's KME (ETSI GS QKD 014), and sae-c gets the same keys
+    // from gw-c's, both drawn from the relayed pool.
+    let (sae_a, sae_c) = (SaeAt::network(&net, Node::A), SaeAt::network(&net, Node::C));
+    let enc = sae_a.keys(&["enc", "sae-c", "--number", "2"]).await;
+    assert_eq!(enc.len(), 2, "{enc:?}");
+    let mut dec_call = vec!["dec", "sae-a"];
+    dec_call.extend(enc.iter().map(|k| k.id.as_str()));
+    let dec = sae_c.keys(&dec_call).await;
+    assert_eq!(dec, enc, "dec_keys at gw-c differs from enc_keys at gw-a");
+    let (a, c) = (net.status(Node::A).unwrap(), net.status(Node::C).unwrap());
+    assert_eq!(kme_delivered(&a, "sae-a", "enc"), 2);
+    assert_eq!(kme_delivered(&c, "sae-c", "dec"), 2);
+    for s in [&a, &c] {
+        let far = if s.gateway == "gw-a" { "gw-c" } else { "gw-a" };
+        assert!(
+            pool_use(s, far, "application") >= 2 * 32,
+            "{}: the application keys did not come from the relayed pool",
+            s.gateway
+        );
+    }
+
     // The faults, on the same agents (see `relay_faults`).
     crate::relay_faults::kill_the_relay(&mut net).await;
     net.teardown().unwrap_or_else(|e| panic!("teardown: {e}"));

@@ -24,9 +24,12 @@ use super::agent_process::{AgentProcess, release, write_private};
 use super::fixture_error::{AgentNetworkError, check_bootstrap_bytes, random_secret};
 use super::network::{Network, Node};
 use super::network_config::{NetworkOptions, NodeFiles, render_node_config};
+use super::pair_config::{KME_PORT, LAB_CA_NAME, pki_dir, sae_tls};
 use crate::ops::BoardSnapshot;
 use crate::secret::file::ensure_private_dir;
 use crate::secret::write_secret_file;
+use crate::tls::TlsFiles;
+use crate::tls::lab_pki::LabCa;
 
 /// The fixture. See the module docs.
 pub struct AgentNetwork {
@@ -87,6 +90,7 @@ impl AgentNetwork {
 
     fn write_files(&self) -> Result<(), AgentNetworkError> {
         ensure_private_dir(&self.root)?;
+        self.write_pki()?;
         for f in &self.files {
             ensure_private_dir(&f.dir)?;
             ensure_private_dir(&f.state_dir)?;
@@ -102,6 +106,50 @@ impl AgentNetwork {
             self.write_config(node)?;
         }
         Ok(())
+    }
+
+    /// With [`NetworkOptions::kme`]: the lab CA, each end's KME server
+    /// certificate (its LAN address) and each end's SAE client certificate.
+    fn write_pki(&self) -> Result<(), AgentNetworkError> {
+        if !self.opts.kme {
+            return Ok(());
+        }
+        let dir = pki_dir(&self.root);
+        ensure_private_dir(&dir)?;
+        let ca = LabCa::create(&dir, LAB_CA_NAME)?;
+        let (first, last) = self.opts.topology.ends();
+        for node in [first, last] {
+            let lan = self.lan(node).to_string();
+            let written = ca.server(&format!("kme-{}", node.gateway_name()), &[lan.as_str()])?;
+            debug_assert_eq!(written, self.files(node).kme);
+            ca.client(&node.sae_id())?;
+        }
+        Ok(())
+    }
+
+    /// The LAN address of an end gateway (where its site's host reaches it).
+    ///
+    /// # Panics
+    /// If `node` is not an end of the topology.
+    fn lan(&self, node: Node) -> std::net::IpAddr {
+        self.net
+            .gateway(node)
+            .site
+            .as_ref()
+            .unwrap_or_else(|| panic!("{node} has no site"))
+            .lan
+    }
+
+    /// An end's KME as its site's host reaches it:
+    /// `https://<LAN address>:KME_PORT`.
+    pub fn kme_url(&self, node: Node) -> String {
+        format!("https://{}:{KME_PORT}", self.lan(node))
+    }
+
+    /// The client identity (certificate with CN `sae_id`, key, lab CA) of
+    /// an SAE of the lab PKI (see [`NetworkOptions::kme`]).
+    pub fn sae_tls(&self, sae_id: &str) -> TlsFiles {
+        sae_tls(&self.root, sae_id)
     }
 
     fn write_config(&self, node: Node) -> Result<(), AgentNetworkError> {

@@ -185,12 +185,7 @@ impl AgentPair {
     /// The client identity (certificate with CN `sae_id`, key, lab CA) of an
     /// SAE of this pair's lab PKI (see [`super::KmeOptions`]).
     pub fn sae_tls(&self, sae_id: &str) -> TlsFiles {
-        let dir = pair_config::pki_dir(&self.root);
-        TlsFiles {
-            ca: pair_config::lab_ca_file(&self.root),
-            cert: dir.join(format!("{sae_id}.pem")),
-            key: dir.join(format!("{sae_id}.key")),
-        }
+        pair_config::sae_tls(&self.root, sae_id)
     }
 
     /// `side`'s KME as its host reaches it: `https://<LAN address>:KME_PORT`.

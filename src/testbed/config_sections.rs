@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::pair_config::LifetimeOptions;
 use crate::config::{Keying, OnStop};
+use crate::tls::TlsFiles;
 use crate::xfrm::Prefix;
 
 /// A TOML basic string.
@@ -28,8 +29,8 @@ pub(super) fn duration_str(d: Duration) -> String {
     quoted(&format!("{}ms", d.as_millis()))
 }
 
-pub(super) fn toml_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|i| quoted(i)).collect();
+pub(super) fn toml_list<S: AsRef<str>>(items: &[S]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quoted(i.as_ref())).collect();
     format!("[{}]", quoted.join(", "))
 }
 
@@ -159,6 +160,32 @@ impl TunnelSection<'_> {
             if let Some(v) = value {
                 line(format!("{field} = {v}"));
             }
+        }
+    }
+}
+
+/// `[kme]`: the gateway serves keys to its local SAEs (ETSI GS QKD 014),
+/// each SAE sharing keys with the SAEs behind the peers named beside it.
+pub(super) struct KmeSection<'a> {
+    pub kme_id: &'a str,
+    /// The KME's server identity and the CA its SAEs' certificates chain to.
+    pub tls: &'a TlsFiles,
+    /// Each local SAE's ID and the peers whose SAEs it may share keys with.
+    pub saes: Vec<(String, Vec<&'a str>)>,
+}
+
+impl KmeSection<'_> {
+    pub(super) fn render(&self, line: &mut impl FnMut(String)) {
+        line("[kme]".into());
+        line(format!("kme_id = {}", quoted(self.kme_id)));
+        line(format!("ca = {}", path_str(&self.tls.ca)));
+        line(format!("cert = {}", path_str(&self.tls.cert)));
+        line(format!("key = {}", path_str(&self.tls.key)));
+        for (id, peers) in &self.saes {
+            line(String::new());
+            line("[[kme.sae]]".into());
+            line(format!("id = {}", quoted(id)));
+            line(format!("peers = {}", toml_list(peers)));
         }
     }
 }

@@ -65,6 +65,11 @@ impl Node {
     }
 
     /// `a`, `b` …: the end of the namespace names.
+    /// The SAE on the host behind this gateway, when it serves keys.
+    pub fn sae_id(self) -> String {
+        format!("sae-{}", self.letter())
+    }
+
     pub fn letter(self) -> &'static str {
         &self.gateway_name()[3..]
     }

@@ -8,6 +8,8 @@
 //! `[[peer]]` whose keys are relayed (`kind = "relayed"`) and the
 //! `[[tunnel]]` between the sites, keyed from that relayed peer. On every
 //! channel the gateway whose name sorts first is the transmitter and dials.
+//! With [`NetworkOptions::kme`] the two ends also serve relayed keys to
+//! the SAE on their site's host (`sae-<letter>`), over ETSI GS QKD 014.
 //!
 //! Owns only text and file layout; it starts nothing. The fixture checks
 //! each file with [`crate::config::Config::parse`] before an agent starts.
@@ -17,11 +19,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::config_sections::{
-    GatewaySection, SimulatedLink, TunnelSection, duration_str, path_str, quoted, render_channel,
+    GatewaySection, KmeSection, SimulatedLink, TunnelSection, duration_str, path_str, quoted,
+    render_channel, toml_list,
 };
 use super::network::{Channel, ChannelKind, Node, Topology};
-use super::pair_config::{AgentPairOptions, LifetimeOptions, PEER_PORT};
+use super::pair_config::{
+    AgentPairOptions, KME_PORT, LifetimeOptions, PEER_PORT, lab_ca_file, pki_dir,
+};
 use crate::config::{Keying, OnStop, RelayMode};
+use crate::tls::TlsFiles;
 
 /// The longest wait between attempts to relay keys.
 pub const RELAY_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -48,6 +54,10 @@ pub struct NetworkOptions {
     /// Whether the end gateways also forward relayed keys (`[network]
     /// relay`); middle gateways always do.
     pub relay_at_ends: bool,
+    /// The two ends serve keys to their sites' hosts (ETSI GS QKD 014 on
+    /// [`KME_PORT`]): the SAE `sae-<letter>` behind each end shares keys
+    /// with the one behind the other end, drawn from the relayed pool.
+    pub kme: bool,
     /// LAB ONLY: these nodes write every relayed-key share they open to
     /// [`NodeFiles::relay_shares`] (to show what a relay learns).
     pub export_relay_shares: Vec<Node>,
@@ -90,6 +100,7 @@ impl NetworkOptions {
             relay_wait: Duration::from_secs(10),
             relay_pool_target_bytes: 4096,
             relay_at_ends: false,
+            kme: false,
             export_relay_shares: Vec::new(),
             length_km: pair.length_km,
             block_sifted_bits: pair.block_sifted_bits,
@@ -119,6 +130,8 @@ pub struct NodeFiles {
     /// LAB ONLY: the shares this node opens, when
     /// [`NetworkOptions::export_relay_shares`] names it.
     pub relay_shares: PathBuf,
+    /// The KME's server identity, when the ends serve keys.
+    pub kme: TlsFiles,
 }
 
 impl NodeFiles {
@@ -131,6 +144,11 @@ impl NodeFiles {
             status_socket: dir.join("status.sock"),
             log: dir.join("agent.log"),
             relay_shares: dir.join("relay-shares"),
+            kme: TlsFiles {
+                ca: lab_ca_file(root),
+                cert: pki_dir(root).join(format!("kme-{}.pem", node.gateway_name())),
+                key: pki_dir(root).join(format!("kme-{}.key", node.gateway_name())),
+            },
             dir,
         }
     }
@@ -172,6 +190,10 @@ pub fn render_node_config(node: Node, opts: &NetworkOptions, files: &NodeFiles) 
         on_stop: opts.on_stop,
     }
     .render(&mut line);
+    let serves_keys = opts.kme && topology.is_end(node);
+    if serves_keys {
+        line(format!("kme_listen = \"0.0.0.0:{KME_PORT}\""));
+    }
     line(String::new());
     render_network(node, opts, files, &mut line);
     for (peer, channel) in topology.channels_of(node) {
@@ -179,6 +201,17 @@ pub fn render_node_config(node: Node, opts: &NetworkOptions, files: &NodeFiles) 
     }
     if topology.is_end(node) {
         render_site_tunnel(node, opts, &mut line);
+    }
+    if serves_keys {
+        let (first, last) = topology.ends();
+        let other = if node == first { last } else { first };
+        line(String::new());
+        KmeSection {
+            kme_id: &format!("kme-{}", node.gateway_name()),
+            tls: &files.kme,
+            saes: vec![(node.sae_id(), vec![other.gateway_name()])],
+        }
+        .render(&mut line);
     }
     t
 }
@@ -237,6 +270,10 @@ fn render_peer(
         "bootstrap_secret = {}",
         path_str(&files.bootstrap(peer))
     ));
+    if opts.kme && channel.kind == ChannelKind::Relayed {
+        // The SAE behind the far end, which this end's SAE shares keys with.
+        line(format!("saes = {}", toml_list(&[peer.sae_id()])));
+    }
     line(String::new());
     match channel.kind {
         ChannelKind::Link => SimulatedLink {
@@ -477,6 +514,44 @@ mod tests {
             tunnel["lifetime"]["hard_packets"].as_integer(),
             Some(10_000)
         );
+    }
+
+    #[test]
+    fn with_kme_the_ends_serve_their_sites_sae_keys_shared_over_the_relayed_link() {
+        let mut opts = NetworkOptions::new("t", "/bin/true", Topology::Chain);
+        opts.kme = true;
+        let configs = render_all(&opts);
+        for (node, cfg) in &configs {
+            let end = *node != Node::B;
+            assert_eq!(cfg.contains_key("kme"), end, "{node}");
+            assert_eq!(
+                cfg["gateway"]
+                    .as_table()
+                    .unwrap()
+                    .contains_key("kme_listen"),
+                end
+            );
+        }
+        let (a, c) = (&configs[0].1, &configs[2].1);
+        let sae = a["kme"]["sae"][0].as_table().unwrap();
+        assert_eq!(str_at(sae, "id"), "sae-a");
+        assert_eq!(sae["peers"].as_array().unwrap()[0].as_str(), Some("gw-c"));
+        let relayed = peer(a, "gw-c");
+        assert_eq!(
+            relayed["saes"].as_array().unwrap()[0].as_str(),
+            Some("sae-c")
+        );
+        assert!(!peer(a, "gw-b").contains_key("saes"));
+        assert_eq!(
+            str_at(c["kme"]["sae"][0].as_table().unwrap(), "id"),
+            "sae-c"
+        );
+        // Each rendering is a configuration the agent accepts.
+        for (node, cfg) in &configs {
+            let text = toml::to_string(cfg).unwrap();
+            crate::config::Config::parse(&text, Path::new("/nonexistent/gateway.toml"))
+                .unwrap_or_else(|e| panic!("{node}: {e}"));
+        }
     }
 
     #[test]

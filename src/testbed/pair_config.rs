@@ -16,8 +16,8 @@ use crate::tls::TlsFiles;
 
 use super::Testbed;
 use super::config_sections::{
-    GatewaySection, SimulatedLink, TunnelSection, duration_str, path_str, quoted, render_channel,
-    toml_list,
+    GatewaySection, KmeSection, SimulatedLink, TunnelSection, duration_str, path_str, quoted,
+    render_channel, toml_list,
 };
 
 /// The receiver's peer-channel port (on its WAN address).
@@ -263,6 +263,17 @@ pub(crate) fn lab_ca_file(root: &Path) -> PathBuf {
     pki_dir(root).join(format!("{LAB_CA_NAME}-ca.pem"))
 }
 
+/// The client identity (certificate with CN `sae_id`, key, lab CA) of an
+/// SAE of the lab PKI under `root`.
+pub(crate) fn sae_tls(root: &Path, sae_id: &str) -> TlsFiles {
+    let dir = pki_dir(root);
+    TlsFiles {
+        ca: lab_ca_file(root),
+        cert: dir.join(format!("{sae_id}.pem")),
+        key: dir.join(format!("{sae_id}.key")),
+    }
+}
+
 /// Every SAE served by `side`'s KME.
 pub(crate) fn saes_of(side: Side, kme: &KmeOptions) -> Vec<String> {
     std::iter::once(side.sae_id().to_string())
@@ -394,22 +405,19 @@ fn render_etsi014(side: Side, e: &Etsi014Options, line: &mut impl FnMut(String))
 /// `[kme]`: this gateway's KME identity and the SAEs it serves, each
 /// allowed the keys it shares with the other gateway.
 fn render_kme(side: Side, kme: &KmeOptions, files: &GatewayFiles) -> String {
-    let mut t = String::from("\n[kme]\n");
-    t.push_str(&format!(
-        "kme_id = {}\n",
-        quoted(&format!("kme-{}", side.gateway_name()))
-    ));
-    t.push_str(&format!("ca = {}\n", path_str(&files.kme.ca)));
-    t.push_str(&format!("cert = {}\n", path_str(&files.kme.cert)));
-    t.push_str(&format!("key = {}\n", path_str(&files.kme.key)));
-    for id in saes_of(side, kme) {
-        t.push_str("\n[[kme.sae]]\n");
-        t.push_str(&format!("id = {}\n", quoted(&id)));
-        t.push_str(&format!(
-            "peers = [{}]\n",
-            quoted(side.other().gateway_name())
-        ));
+    let mut t = String::from("\n");
+    KmeSection {
+        kme_id: &format!("kme-{}", side.gateway_name()),
+        tls: &files.kme,
+        saes: saes_of(side, kme)
+            .into_iter()
+            .map(|id| (id, vec![side.other().gateway_name()]))
+            .collect(),
     }
+    .render(&mut |l| {
+        t.push_str(&l);
+        t.push('\n');
+    });
     t
 }
 
