@@ -13,31 +13,21 @@ use crate::support::*;
 
 const DURATION_S: u64 = 40;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_runs_for_its_duration_and_tears_down() {
-    let child = tokio::process::Command::new(BIN)
-        .args([
-            "demo",
-            "--duration",
-            &DURATION_S.to_string(),
-            "--rekey-interval",
-            "4",
-        ])
-        .spawn_demo();
+/// Runs `qkd-ipsec demo ARGS` to its end (within `limit`); checks it
+/// exited cleanly, tore down and left no namespace; returns the numbers
+/// of its `demo summary:` line.
+async fn run_demo(args: &[&str], limit: Duration) -> BTreeMap<String, String> {
+    let child = tokio::process::Command::new(BIN).args(args).spawn_demo();
     let pid = child.id().expect("demo pid");
-    let out = within(
-        Duration::from_secs(DURATION_S + 180),
-        "the demo to finish",
-        child.wait_with_output(),
-    )
-    .await
-    .expect("demo");
+    let out = within(limit, "the demo to finish", child.wait_with_output())
+        .await
+        .expect("demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: Vec<&str> = stdout.lines().rev().take(30).collect();
     assert!(
         out.status.success(),
-        "demo failed ({}): {stderr}\n{}",
+        "demo {args:?} failed ({}): {stderr}\n{}",
         out.status,
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
@@ -46,33 +36,97 @@ async fn demo_runs_for_its_duration_and_tears_down() {
         .find_map(|l| l.strip_prefix("demo summary: "))
         .unwrap_or_else(|| panic!("no summary line in: {stdout}"));
     println!("demo: {summary}");
-    let fields: BTreeMap<&str, &str> = summary
+    assert!(stdout.contains("demo: torn down"));
+    assert_no_namespaces_of(pid).await;
+    summary
         .split_whitespace()
         .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let num = |k: &str| -> u64 {
-        fields
-            .get(k)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("summary lacks a number for {k}: {summary}"))
-    };
-    assert!(num("seconds") >= DURATION_S, "stopped early: {summary}");
-    assert!(num("blocks_ok") >= 1, "no QKD block: {summary}");
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The number `key` of a demo summary.
+fn num(fields: &BTreeMap<String, String>, key: &str) -> u64 {
+    fields
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("summary lacks a number for {key}: {fields:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_for_its_duration_and_tears_down() {
+    let d = DURATION_S.to_string();
+    let f = run_demo(
+        &["demo", "--duration", &d, "--rekey-interval", "4"],
+        Duration::from_secs(DURATION_S + 180),
+    )
+    .await;
+    assert!(num(&f, "seconds") >= DURATION_S, "stopped early: {f:?}");
+    assert!(num(&f, "blocks_ok") >= 1, "no QKD block: {f:?}");
     assert!(
-        num("generation_a") >= 2 && num("generation_b") >= 2,
-        "no rekey: {summary}"
+        num(&f, "generation_a") >= 2 && num(&f, "generation_b") >= 2,
+        "no rekey: {f:?}"
     );
     assert!(
-        num("ping_answered") >= 10,
-        "too few pings answered: {summary}"
+        num(&f, "ping_answered") >= 10,
+        "too few pings answered: {f:?}"
     );
     // Loss only while a generation changes would be a bug too; allow the
     // last request in flight at the end.
-    assert!(num("ping_unanswered") <= 1, "pings lost: {summary}");
-    assert_eq!(num("clear_on_wan"), 0, "clear text on the WAN: {summary}");
-    assert!(stdout.contains("demo: torn down"));
+    assert!(num(&f, "ping_unanswered") <= 1, "pings lost: {f:?}");
+    assert_eq!(num(&f, "clear_on_wan"), 0, "clear text on the WAN: {f:?}");
+}
 
-    assert_no_namespaces_of(pid).await;
+/// `demo --topology chain`: gw-a and gw-c without a QKD link, their
+/// tunnel keyed from keys relayed over gw-b, as the README shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_demo_keys_the_chain_and_tears_down() {
+    const RELAY_DURATION_S: u64 = 150;
+    /// The demo's relayed key size (`cli::demo` RELAY_KEY_BYTES).
+    const RELAY_KEY_BYTES: u32 = 256;
+    let d = RELAY_DURATION_S.to_string();
+    let f = run_demo(
+        &[
+            "demo",
+            "--topology",
+            "chain",
+            "--duration",
+            &d,
+            "--rekey-interval",
+            "20",
+        ],
+        Duration::from_secs(RELAY_DURATION_S + 240),
+    )
+    .await;
+    assert_eq!(
+        f.get("topology").map(String::as_str),
+        Some("chain"),
+        "{f:?}"
+    );
+    assert!(num(&f, "relayed_keys_first") >= 1, "nothing relayed: {f:?}");
+    assert!(
+        num(&f, "generation_first") >= 2 && num(&f, "generation_last") >= 2,
+        "no rekey on relayed keys: {f:?}"
+    );
+    // Each hop's relay pads, equal on its two ends but for at most one
+    // share in flight between the two nodes' status reads.
+    let share = u64::from(qkd_ipsec::relay::pad_len(RELAY_KEY_BYTES));
+    for (x, y) in [("a", "b"), ("b", "c")] {
+        let (xy, yx) = (
+            num(&f, &format!("relay_bytes_{x}_{y}")),
+            num(&f, &format!("relay_bytes_{y}_{x}")),
+        );
+        assert!(
+            xy > 0 && xy.abs_diff(yx) <= share,
+            "hop {x}–{y}: {xy} vs {yx} relay bytes: {f:?}"
+        );
+    }
+    assert!(
+        num(&f, "ping_answered") >= 10,
+        "too few pings answered: {f:?}"
+    );
+    assert!(num(&f, "ping_unanswered") <= 1, "pings lost: {f:?}");
+    assert_eq!(num(&f, "clear_on_wan"), 0, "clear text on a WAN: {f:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
