@@ -141,7 +141,7 @@ fn stage_shares(target: usize) {
                 let (outs, stage) = match out {
                     LinkOutput::Fibre(frame) => {
                         let t = Instant::now();
-                        let outs = bob.handle_fibre(&frame);
+                        let outs = bob.handle_fibre(&frame).expect("frames fit the link");
                         (outs, (1, t.elapsed()))
                     }
                     LinkOutput::Send(msg) => {

@@ -185,15 +185,21 @@ impl QkdTask {
                 (Side::Alice(a), Step::Start) => a.start_block(),
                 (Side::Alice(a), Step::Message(m)) => a.handle(&m, &mut auth),
                 (Side::Bob(b), Step::Message(m)) => b.handle(&m, &mut auth),
-                (Side::Bob(b), Step::Fibre(f)) => match PulseFrame::decode(&f) {
-                    Ok(frame) => Ok(b.handle_fibre(&frame)),
-                    Err(e) => {
-                        // The fibre is unauthenticated by nature: a bad frame
-                        // is dropped, never trusted.
-                        tracing::warn!(peer = %peer, error = %e, "dropping malformed fibre frame");
-                        Ok(Vec::new())
+                (Side::Bob(b), Step::Fibre(f)) => {
+                    // The fibre is unauthenticated by nature: a bad or
+                    // oversized frame is dropped, never trusted.
+                    match PulseFrame::decode(&f).map(|frame| b.handle_fibre(&frame)) {
+                        Ok(Ok(outs)) => Ok(outs),
+                        Ok(Err(e)) => {
+                            tracing::warn!(peer = %peer, error = %e, "dropping fibre frame");
+                            Ok(Vec::new())
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %peer, error = %e, "dropping malformed fibre frame");
+                            Ok(Vec::new())
+                        }
                     }
-                },
+                }
                 _ => Ok(Vec::new()),
             };
             let outs = match outs {

@@ -117,7 +117,7 @@ async fn bob_block(
             f = next(fibre) => {
                 // Whatever Eve sends must still be a valid pulse frame.
                 let frame = PulseFrame::decode(&f).expect("Eve's frames decode");
-                bob.handle_fibre(&frame)
+                bob.handle_fibre(&frame).expect("Eve's frames fit the link")
             }
             m = next(qkd) => bob.handle(&m, auth).unwrap(),
         };

@@ -85,15 +85,24 @@ impl BobLink {
         self.block.as_ref().map(|b| b.id)
     }
 
-    /// Measures a frame from the fibre and reports what clicked.
-    pub fn handle_fibre(&mut self, frame: &PulseFrame) -> Vec<LinkOutput> {
+    /// Measures a frame from the fibre and reports what clicked. A frame
+    /// covering more slots than the link's `max_frame_slots` is refused
+    /// unmeasured: the fibre is unauthenticated, and the frame decoder's
+    /// own bound (2^30 slots) is far above what any configured Alice sends.
+    pub fn handle_fibre(&mut self, frame: &PulseFrame) -> Result<Vec<LinkOutput>, LinkError> {
+        if frame.slot_count() > self.cfg.max_frame_slots {
+            return Err(LinkError::FrameTooLarge {
+                slots: frame.slot_count(),
+                max: self.cfg.max_frame_slots,
+            });
+        }
         let det = self.detector.detect(frame);
         let msg = LinkMessage::Detections(report(&det)).encode();
         if self.frames.len() == MAX_PENDING_FRAMES {
             self.frames.pop_front();
         }
         self.frames.push_back((det, msg.clone()));
-        vec![LinkOutput::Send(msg)]
+        Ok(vec![LinkOutput::Send(msg)])
     }
 
     /// Handles one message from Alice.

@@ -111,7 +111,7 @@ impl InProcessLink {
                         if let Some(eve) = self.eve.as_mut() {
                             intercepted += eve.intercept(&mut frame) as u64;
                         }
-                        collect(self.bob.handle_fibre(&frame), &mut to_alice, &mut bob_done);
+                        collect(self.bob.handle_fibre(&frame)?, &mut to_alice, &mut bob_done);
                     }
                     LinkOutput::Send(mut msg) => {
                         tamper(true, &mut msg);

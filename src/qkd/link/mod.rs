@@ -209,6 +209,11 @@ pub enum LinkError {
     AuthKeys(String),
     #[error("random source: {0}")]
     Random(String),
+    #[error(
+        "fibre frame of {slots} slots refused: this link's frames cover at most {max} slots \
+         (frame_slots on both gateways must agree)"
+    )]
+    FrameTooLarge { slots: u32, max: u32 },
 }
 
 /// The three kinds of randomness a link side needs: key-bearing optics

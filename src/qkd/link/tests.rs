@@ -148,7 +148,7 @@ fn mismatched_configs_fail_loudly() {
     let LinkOutput::Fibre(frame) = alice.start_block().unwrap().remove(0) else {
         panic!("first output is a frame")
     };
-    let LinkOutput::Send(det) = bob.handle_fibre(&frame).remove(0) else {
+    let LinkOutput::Send(det) = bob.handle_fibre(&frame).unwrap().remove(0) else {
         panic!("Bob reports")
     };
     let LinkOutput::Send(sift) = alice.handle(&det, &mut keys).unwrap().remove(0) else {
@@ -180,5 +180,30 @@ fn messages_roundtrip_and_hostile_bytes_do_not_panic() {
             })
             .collect();
         let _ = LinkMessage::decode(&buf, 1 << 20);
+    }
+}
+
+/// Issue 9, finding 7: the frame decoder takes up to 2^30 slots, but Bob
+/// measures only frames within the link's configured size; a larger one
+/// is refused without a detection report.
+#[test]
+fn bob_refuses_a_frame_larger_than_the_links_frame_size() {
+    let cfg = config(25.0, 200_000);
+    let max = cfg.max_frame_slots;
+    let mut bob = BobLink::new(cfg, LinkRng::insecure_from_fixed_seed(2)).unwrap();
+    let at_limit = PulseFrame::empty(0, max).unwrap();
+    assert!(matches!(
+        bob.handle_fibre(&at_limit).unwrap().as_slice(),
+        [LinkOutput::Send(_)]
+    ));
+    let over = PulseFrame::empty(u64::from(max), max + 1).unwrap();
+    // What an unbounded receiver would have accepted: it decodes.
+    assert_eq!(
+        PulseFrame::decode(&over.encode()).unwrap().slot_count(),
+        max + 1
+    );
+    match bob.handle_fibre(&over) {
+        Err(LinkError::FrameTooLarge { slots, max: m }) => assert_eq!((slots, m), (max + 1, max)),
+        other => panic!("an oversized frame was measured: {other:?}"),
     }
 }
