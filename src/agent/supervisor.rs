@@ -338,17 +338,7 @@ async fn start_peer(
     }
     let (channel_secret, first_block) = split_bootstrap(&bootstrap);
 
-    let mut pool = PersistedPool::open(&gw.state_dir, &p.name, p.role, pool_key)?;
-    if pool.pool().high_water().is_none() {
-        // First start with this peer: block 0 is the bootstrap secret's
-        // tail, which authenticates the first QKD block (both sides do the
-        // same, so the pools start equal).
-        pool.append(BlockId(0), first_block)?;
-        tracing::info!(peer = %p.name, "key pool created with the bootstrap block");
-        if let Some(path) = &p.lab_seed_pool {
-            seed_pool(&mut pool, &p.name, path)?;
-        }
-    }
+    let pool = open_pool(&gw.state_dir, p, pool_key, &bootstrap, first_block)?;
     let pool = Arc::new(Mutex::new(pool));
     let record = gw.state_dir.join(format!("{}.channel", p.name));
     let store = ChannelKeyStore::open(&record, channel_secret)?;
@@ -556,6 +546,31 @@ fn split_bootstrap(b: &SecretBytes) -> (SecretBytes, SecretBytes) {
         SecretBytes::from_slice(&raw[..CHANNEL_BOOTSTRAP_BYTES]),
         SecretBytes::from_slice(&raw[CHANNEL_BOOTSTRAP_BYTES..]),
     )
+}
+
+/// Opens the pool with `p`. A new pool gets block 0, the bootstrap
+/// secret's tail, which authenticates the first QKD block (both sides do
+/// the same, so the pools start equal) — once per secret: a secret that
+/// started a pool here before is refused, since its one-time tag keys
+/// would be used again ([`crate::keys::bootstrap`]). Then, LAB ONLY, the
+/// seed.
+fn open_pool(
+    state_dir: &Path,
+    p: &Peer,
+    pool_key: &PoolKey,
+    bootstrap: &SecretBytes,
+    first_block: SecretBytes,
+) -> Result<PersistedPool, AgentError> {
+    let mut pool = PersistedPool::open(state_dir, &p.name, p.role, pool_key)?;
+    if pool.pool().high_water().is_none() {
+        crate::keys::bootstrap::claim(state_dir, &p.name, bootstrap)?;
+        pool.append(BlockId(0), first_block)?;
+        tracing::info!(peer = %p.name, "key pool created with the bootstrap block");
+        if let Some(path) = &p.lab_seed_pool {
+            seed_pool(&mut pool, &p.name, path)?;
+        }
+    }
+    Ok(pool)
 }
 
 /// LAB ONLY: bytes per block of a seeded pool.
@@ -770,6 +785,42 @@ mod tests {
         assert_eq!(seg.block, BlockId(1));
         let at = seg.offset as usize;
         assert_eq!(key.expose(), &seed[at..at + 36]);
+    }
+
+    /// Issue 9, finding 1: removing a pool "to start over" with the same
+    /// bootstrap secret rebuilt block 0 from it, so the first QKD blocks'
+    /// one-time tag keys were used a second time.
+    #[test]
+    fn a_bootstrap_secret_starts_one_pool_only() {
+        let dir = TestDir::new("bootstrap-once");
+        let cfg = crate::config::Config::parse(
+            include_str!("../../deploy/gateway-a.toml"),
+            Path::new("/etc/qkd-ipsec/gateway.toml"),
+        )
+        .unwrap();
+        let p = &cfg.peers[0];
+        let key = PoolKey::from_secret(Secret::<32>::from_slice(&[3; 32]).unwrap());
+        let secret = SecretBytes::from_slice(&[9; 512]);
+        let open = |secret: &SecretBytes| {
+            let (_, tail) = split_bootstrap(secret);
+            open_pool(dir.path(), p, &key, secret, tail)
+        };
+        drop(open(&secret).unwrap());
+        // A restart reopens the pool; nothing is claimed again.
+        let pool = open(&secret).unwrap();
+        assert_eq!(pool.pool().block_count(), 1);
+        drop(pool);
+        for f in ["gw-b.pool", "gw-b.journal"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let e = open(&secret).unwrap_err().to_string();
+        assert!(
+            e.contains("already started a key pool") && e.contains("fresh"),
+            "{e}"
+        );
+        // A fresh secret starts the new pool.
+        let pool = open(&SecretBytes::from_slice(&[8; 512])).unwrap();
+        assert_eq!(pool.pool().block_count(), 1);
     }
 
     #[test]

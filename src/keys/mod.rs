@@ -40,6 +40,7 @@
 
 pub mod agreement;
 pub mod audit;
+pub mod bootstrap;
 mod codec;
 pub mod persisted;
 pub mod pool;

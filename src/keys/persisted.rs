@@ -88,8 +88,9 @@ impl PersistedPool {
                     path: journal_path,
                     what: format!(
                         "journal without its snapshot {}; restore the snapshot, or remove the \
-                         journal (the pool then starts empty and the peer agreement discards \
-                         what the peer holds)",
+                         journal (the pool then starts empty, which takes a fresh bootstrap \
+                         secret on both gateways, and the peer agreement discards what the \
+                         peer holds)",
                         snapshot_path.display()
                     ),
                 });

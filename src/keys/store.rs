@@ -106,7 +106,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, what: String },
     #[error(
         "{}: written for peer {found:?} as QKD {found_role:?}, but opened for peer {expected:?} \
-         as {expected_role:?}; a pool cannot change peer or role (remove the pool on both sides to start over)",
+         as {expected_role:?}; a pool cannot change peer or role (remove the pool on both sides and start \
+         over with a fresh bootstrap secret)",
         path.display()
     )]
     WrongOwner {
@@ -118,6 +119,18 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error(
+        "this bootstrap secret already started a key pool here (with {first_peer}; recorded in \
+         {}), so a new pool with {peer} would reuse its one-time authentication key: make a \
+         fresh secret (head -c 512 /dev/urandom), give the same bytes to both gateways, and \
+         start over with the pools removed on both (docs/install.md, section 4)",
+        path.display()
+    )]
+    BootstrapReused {
+        path: PathBuf,
+        first_peer: String,
+        peer: String,
+    },
 }
 
 impl StoreError {
