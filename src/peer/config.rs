@@ -16,9 +16,6 @@ const MIN_LIMIT: u32 = 1024;
 /// Largest configurable payload limit: one frame is buffered whole, so this
 /// bounds the memory one authenticated peer can make this side hold.
 const MAX_LIMIT: u32 = 256 << 20;
-/// Bytes of whole frames one stream may hold queued per direction: the
-/// receive side's bound on memory a peer (or a stalled consumer) can pin.
-pub const QUEUE_BYTES_PER_STREAM: u64 = 64 << 20;
 
 /// Capped exponential backoff with jitter for the dialer's reconnects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +69,7 @@ pub struct LinkConfig {
     /// (must exceed `keepalive_interval`; three intervals is usual).
     pub idle_timeout: Duration,
     pub backoff: Backoff,
-    /// Frames queued per stream and direction before senders wait, at most;
-    /// streams with large frames queue fewer ([`Self::queue_depth_for`]).
+    /// Frames queued per stream and direction before senders wait.
     pub queue_depth: usize,
     /// Lab only: append each channel-key epoch's fibre base key to this
     /// 0600 file, for `qkd-ipsec eve --fibre-keys` ([`super::fibre::export`]).
@@ -96,15 +92,6 @@ impl LinkConfig {
             queue_depth: 64,
             lab_export_fibre_keys: None,
         }
-    }
-
-    /// Frames queued per direction on a stream whose frames may be
-    /// `max_frame_bytes` long: `queue_depth`, but no more than fit in
-    /// [`QUEUE_BYTES_PER_STREAM`] (at least 2). With the default 16 MiB
-    /// fibre frames that is 4, not 64: a gigabyte of frames could queue.
-    pub fn queue_depth_for(&self, max_frame_bytes: u32) -> usize {
-        let fit = QUEUE_BYTES_PER_STREAM / u64::from(max_frame_bytes.max(1));
-        (fit as usize).clamp(2, self.queue_depth.max(2))
     }
 
     pub fn validate(&self) -> Result<(), PeerError> {

@@ -154,11 +154,9 @@ impl PeerLink {
         cancel: CancellationToken,
     ) -> Result<(PeerHandle, PeerReceivers), PeerError> {
         cfg.validate()?;
-        // Per stream (fibre, qkd, control), bounded in bytes as well.
-        let depths = [cfg.limits.fibre, cfg.limits.qkd, cfg.limits.control]
-            .map(|max| cfg.queue_depth_for(max));
-        let (in_tx, in_rx): (Vec<_>, Vec<_>) = depths.iter().map(|&d| mpsc::channel(d)).unzip();
-        let (out_tx, out_rx): (Vec<_>, Vec<_>) = depths.iter().map(|&d| mpsc::channel(d)).unzip();
+        let depth = cfg.queue_depth;
+        let (in_tx, in_rx): (Vec<_>, Vec<_>) = (0..3).map(|_| mpsc::channel(depth)).unzip();
+        let (out_tx, out_rx): (Vec<_>, Vec<_>) = (0..3).map(|_| mpsc::channel(depth)).unzip();
         let [fibre, qkd, control] = <[_; 3]>::try_from(in_rx).expect("three");
         let receivers = PeerReceivers {
             fibre,
