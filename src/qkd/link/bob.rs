@@ -139,6 +139,25 @@ impl BobLink {
                 stage: Stage::Quantum,
             });
         }
+        // Alice takes her tag key before she sends TagA, so whatever state
+        // this side is in — the block aborted at Amplify, or out of step —
+        // it consumes the same bytes, unused: otherwise the two sides'
+        // authentication keys would part ways (issue 9, finding 10).
+        if let LinkMessage::TagA { auth_ref, .. } = &msg {
+            let awaiting = self
+                .block
+                .as_ref()
+                .is_some_and(|b| matches!(b.stage, Stage::AwaitTagA { .. }));
+            if !awaiting {
+                // Dropped at once. Should the bytes not be there, there is
+                // nothing to keep in step: the block is over either way.
+                let _ = keys.take_at(auth_ref, AUTH_KEY_BYTES_PER_BLOCK);
+                if self.block.is_some() {
+                    out.extend(self.abort(AbortCause::Protocol, MessageKind::TagA));
+                }
+                return Ok(out);
+            }
+        }
         if self.block.is_none() {
             return Ok(out);
         }

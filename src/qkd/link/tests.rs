@@ -207,3 +207,55 @@ fn bob_refuses_a_frame_larger_than_the_links_frame_size() {
         other => panic!("an oversized frame was measured: {other:?}"),
     }
 }
+
+/// Issue 9, finding 10: Alice takes her tag key with Amplify and names it
+/// in TagA. When Bob aborts at Amplify (here: a length above his own
+/// bound), he must still consume those bytes, or the two sides' tag keys
+/// part ways and every later block fails authentication. Likewise for a
+/// TagA that finds Bob out of step.
+#[test]
+fn an_abort_at_amplify_keeps_both_sides_tag_keys_in_step() {
+    for tamper_tag_stage in [false, true] {
+        let mut l = link(25.0, 0.0, 7);
+        let max_bits = l.config().cascade.max_key_bits as u64;
+        let b = l
+            .run_block_tampered(|to_bob, msg| {
+                if !to_bob {
+                    return;
+                }
+                let Ok(m) = LinkMessage::decode(msg, max_bits) else {
+                    return;
+                };
+                match m {
+                    LinkMessage::Amplify {
+                        block,
+                        secret_bits,
+                        seed,
+                    } if !tamper_tag_stage => {
+                        *msg = LinkMessage::Amplify {
+                            block,
+                            secret_bits: secret_bits + 10_000,
+                            seed,
+                        }
+                        .encode();
+                    }
+                    // Bob never sees Amplify: TagA finds him out of step.
+                    LinkMessage::Amplify { block, .. } => {
+                        *msg = LinkMessage::Confirm { block }.encode();
+                    }
+                    _ => {}
+                }
+            })
+            .unwrap();
+        assert!(b.bob.aborted.is_some(), "Bob must abort this block");
+        assert!(b.keys.is_none());
+        for _ in 0..2 {
+            let next = l.run_block().unwrap();
+            assert_eq!(
+                (next.alice.aborted, next.bob.aborted),
+                (None, None),
+                "a block after the abort (tamper_tag_stage = {tamper_tag_stage})"
+            );
+        }
+    }
+}
