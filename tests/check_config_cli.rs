@@ -2,38 +2,18 @@
 //! must fail with exit status 1 and name the field, its line and the fix on
 //! stderr; the deploy examples with their secrets must pass with status 0.
 
+mod cli_support;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
+use cli_support::{Scratch, qkd_ipsec};
 use qkd_ipsec::config::error_cases::ERROR_CASES;
 
-/// A directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("qkd-ipsec-cli-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn check_config(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qkd-ipsec"))
-        .arg("check-config")
-        .args(args)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .expect("run qkd-ipsec")
+    qkd_ipsec("check-config", args)
 }
 
 fn secret(dir: &Path, name: &str, len: usize, mode: u32) {

@@ -3,39 +3,20 @@
 //! files, prints JSON that both ends of a link can be compared with, and
 //! fails with the peers' names for a peer the config lacks.
 
+mod cli_support;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use cli_support::{Scratch, qkd_ipsec};
 use qkd_ipsec::keys::audit::PoolAudit;
 use qkd_ipsec::keys::{BlockId, KeyUse, PersistedPool, PoolKey, Role};
 use qkd_ipsec::secret::SecretBytes;
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("qkd-ipsec-audit-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn pool_audit(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qkd-ipsec"))
-        .arg("pool-audit")
-        .args(args)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .expect("run qkd-ipsec")
+    qkd_ipsec("pool-audit", args)
 }
 
 /// gw-a's deploy config with its state directory moved to `state`.
@@ -54,7 +35,7 @@ fn config(dir: &Path, state: &Path) -> PathBuf {
 
 #[test]
 fn the_audit_reports_takes_read_only_and_names_a_missing_peer() {
-    let dir = Scratch::new("cli");
+    let dir = Scratch::new("audit");
     let (creds, state) = (dir.0.join("creds"), dir.0.join("state"));
     fs::create_dir(&creds).unwrap();
     let key_file = creds.join("pool-key");

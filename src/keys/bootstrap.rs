@@ -49,7 +49,7 @@ pub fn fingerprint(secret: &SecretBytes) -> String {
 /// Records `secret` as having started the pool with `peer`, or refuses it
 /// if it started a pool here before (with any peer).
 pub fn claim(state_dir: &Path, peer: &str, secret: &SecretBytes) -> Result<(), StoreError> {
-    let path = state_dir.join(RECORD_FILE);
+    let path = record_path(state_dir);
     let fp = fingerprint(secret);
     let existed = path.exists();
     if existed {
